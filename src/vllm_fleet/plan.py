@@ -8,13 +8,15 @@ periods. Each derived number carries the reason it has its value, so
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vllm_fleet.spec import FleetSpec, load_spec
+from vllm_fleet.errors import SpecError
+from vllm_fleet.spec import FleetSpec, ModelShape, load_spec
 
 # A cloud persistent disk (pd-balanced) reads at about 240 MB/s per volume: the
 # assumption for the startup budget until probe-storage measures the real one.
@@ -22,6 +24,17 @@ ASSUMED_READ_BANDWIDTH_BPS = 240e6
 # Time vLLM spends before and after reading weights (imports, profiling, KV cache).
 ENGINE_INIT_S = 90
 DRAIN_BUFFER_S = 30
+# Kubernetes startup probe period; the failure threshold is the budget divided by it.
+STARTUP_PROBE_PERIOD_S = 10
+# GPU memory by type (GKE accelerator names, the names resources.gpu_type uses), for the fit estimate.
+GPU_MEMORY_GIB = {
+    "nvidia-tesla-t4": 16, "nvidia-tesla-v100": 16, "nvidia-l4": 24, "nvidia-tesla-a100": 40,
+    "nvidia-a100-80gb": 80, "nvidia-h100-80gb": 80, "nvidia-h100-mega-80gb": 80, "nvidia-h200-141gb": 141,
+    "nvidia-l40s": 48, "nvidia-b200": 180,
+}  # fmt: skip
+# Below this share of usable GPU memory left over, vLLM's activations and CUDA graphs may not fit: warn.
+GPU_FIT_HEADROOM = 0.1
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class Plan:
     ports: tuple[int, ...]
     model_bytes: int | None
     derived: dict[str, Derived] = field(default_factory=dict)
+    lint: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -85,6 +99,7 @@ class Plan:
             "engine_argv": engine.vllm_args(self, model_dir=str(self.model_dir), port=self.ports[0]),
             "engine_env": engine.vllm_env(self),
             "derived": {k: {"value": d.value, "why": d.why} for k, d in self.derived.items()},
+            "lint": list(self.lint),
             "spec": self.spec.model_dump(exclude={"environments"}),
         }
 
@@ -103,6 +118,9 @@ def resolve(spec: FleetSpec, env: str | None = None, spec_dir: Path | None = Non
     model_dir = cache_root / "models" / model_key(source, spec.model.revision)
     model_bytes = _model_bytes(spec, source)
     ports = tuple(spec.local.base_port + i for i in range(spec.replicas))
+    derived = _derive(spec, model_bytes)
+    derived |= _derive_kubernetes(spec, source, derived)
+    derived |= _gpu_fit(spec, source, model_bytes)
     return Plan(
         spec=spec,
         env=env,
@@ -113,7 +131,8 @@ def resolve(spec: FleetSpec, env: str | None = None, spec_dir: Path | None = Non
         run_dir=cache_root / "run" / spec.name,
         ports=ports,
         model_bytes=model_bytes,
-        derived=_derive(spec, model_bytes),
+        derived=derived,
+        lint=_lint(spec, model_bytes, derived),
     )
 
 
@@ -145,13 +164,16 @@ def _model_bytes(spec: FleetSpec, source: str) -> int | None:
 
 def _derive(spec: FleetSpec, model_bytes: int | None) -> dict[str, Derived]:
     derived: dict[str, Derived] = {}
+    measured = spec.storage.read_bandwidth_mb_s
+    bandwidth = measured * 1e6 if measured else ASSUMED_READ_BANDWIDTH_BPS
     if model_bytes:
-        load_s = model_bytes / ASSUMED_READ_BANDWIDTH_BPS
+        load_s = model_bytes / bandwidth
         budget = math.ceil((ENGINE_INIT_S + load_s) * 1.5)
         why = (
             f"1.5 x ({ENGINE_INIT_S} s engine init + {model_bytes / 1e9:.2f} GB / "
-            f"{ASSUMED_READ_BANDWIDTH_BPS / 1e6:.0f} MB/s assumed read bandwidth)"
+            f"{bandwidth / 1e6:.0f} MB/s {'storage.read_bandwidth_mb_s' if measured else 'assumed read bandwidth'})"
         )
+        derived["expected_load_s"] = Derived(math.ceil(ENGINE_INIT_S + load_s), "engine init + size / bandwidth")
     else:
         budget = math.ceil(ENGINE_INIT_S * 1.5) + 600
         why = "model size unknown (set model.size_gb): engine init + a 10 min allowance"
@@ -161,3 +183,120 @@ def _derive(spec: FleetSpec, model_bytes: int | None) -> dict[str, Derived]:
         grace, f"availability.drain_timeout_s {spec.availability.drain_timeout_s} s + {DRAIN_BUFFER_S} s buffer"
     )
     return derived
+
+
+def _derive_kubernetes(spec: FleetSpec, source: str, derived: dict[str, Derived]) -> dict[str, Derived]:
+    """Numbers and paths only the Kubernetes target reads (issue 4)."""
+    st = spec.storage
+    out: dict[str, Derived] = {}
+    budget = int(derived["startup_budget_s"].value or 0)
+    if spec.kubernetes.startup_timeout_s:
+        budget = spec.kubernetes.startup_timeout_s
+        out["startup_budget_s"] = Derived(budget, "kubernetes.startup_timeout_s (set in the spec)")
+    out["startup_failure_threshold"] = Derived(
+        math.ceil(budget / STARTUP_PROBE_PERIOD_S),
+        f"startup budget {budget} s / {STARTUP_PROBE_PERIOD_S} s probe period",
+    )
+    if st.profile == "gcsfuse":
+        out["pod_model_dir"] = Derived(st.mount_path, "gcsfuse mounts the model's bucket prefix (only-dir) here")
+    else:
+        key = model_key(source, spec.model.revision)
+        out["pod_model_dir"] = Derived(f"{st.mount_path}/models/{key}", "storage.mount_path + cache layout models/KEY")
+    default_mode = {"pd-preloaded": "ReadOnlyMany", "nfs": "ReadWriteMany", "gcsfuse": "ReadOnlyMany"}
+    mode = st.access_mode or default_mode.get(st.profile, "ReadWriteOnce")
+    out["access_mode"] = Derived(mode, "storage.access_mode" if st.access_mode else f"default of {st.profile}")
+    out["max_replicas"] = Derived(
+        max(spec.replicas, spec.scaling.max_replicas) if spec.scaling.mode != "none" else spec.replicas,
+        "replicas, or scaling.max_replicas when autoscaling",
+    )
+    return out
+
+
+def _gpu_fit(spec: FleetSpec, source: str, model_bytes: int | None) -> dict[str, Derived]:
+    """GPU memory fit: weights (params x dtype bytes) + KV cache (max_model_len x max_num_seqs) vs usable memory.
+
+    Raises SpecError when it cannot fit: better now than after a 10-minute wait for an OOM.
+    """
+    res, eng = spec.resources, spec.engine
+    if res.gpus == 0 or res.gpu_type not in GPU_MEMORY_GIB:
+        return {}
+    config = _local_config(source)
+    dtype = eng.dtype if eng.dtype != "auto" else str(config.get("torch_dtype", "bfloat16"))
+    width = _DTYPE_BYTES.get(dtype, 2)
+    if spec.model.parameters_b:
+        weights, wwhy = spec.model.parameters_b * 1e9 * width, f"{spec.model.parameters_b} B params x {width} B"
+    elif model_bytes:
+        weights, wwhy = float(model_bytes), "size of the weight files"
+    else:
+        return {"gpu_fit": Derived(None, "not checked: set model.parameters_b or model.size_gb")}
+    shape = spec.model.shape or _shape_from_config(config)
+    if shape is None:
+        return {"gpu_fit": Derived(None, "not checked: set model.shape (layers, kv_heads, head_dim)")}
+    tokens = eng.max_model_len * eng.max_num_seqs
+    kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * width * tokens
+    usable = GPU_MEMORY_GIB[res.gpu_type] * 2**30 * res.gpus * eng.gpu_memory_utilization
+    need = weights + kv
+    why = (
+        f"weights {weights / 2**30:.1f} GiB ({wwhy}) + KV cache {kv / 2**30:.1f} GiB "
+        f"(2 x {shape.layers} layers x {shape.kv_heads} kv heads x {shape.head_dim} x {width} B x "
+        f"{eng.max_model_len} max_model_len x {eng.max_num_seqs} max_num_seqs) vs {usable / 2**30:.1f} GiB usable "
+        f"({res.gpus} x {res.gpu_type} {GPU_MEMORY_GIB[res.gpu_type]} GiB x {eng.gpu_memory_utilization})"
+    )
+    if need > usable:
+        raise SpecError(
+            f"the model does not fit the GPU memory: {why}",
+            fix="lower engine.max_model_len or engine.max_num_seqs, raise resources.gpus "
+            "(and engine.tensor_parallel_size), or pick a larger resources.gpu_type",
+        )
+    return {"gpu_memory_need_gib": Derived(round(need / 2**30, 1), why),
+            "gpu_fit": Derived(round(need / usable, 2), "share of usable GPU memory the estimate needs")}  # fmt: skip
+
+
+def _local_config(source: str) -> dict[str, Any]:
+    path = Path(source.removeprefix("file://")) / "config.json"
+    if not source.startswith("file://") or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _shape_from_config(config: dict[str, Any]) -> ModelShape | None:
+    try:
+        heads = int(config["num_attention_heads"])
+        return ModelShape(
+            layers=int(config["num_hidden_layers"]),
+            kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or int(config["hidden_size"]) // heads),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _lint(spec: FleetSpec, model_bytes: int | None, derived: dict[str, Derived]) -> tuple[str, ...]:
+    """Warnings that do not stop a plan but usually mean a bad day in production (issue 4)."""
+    out: list[str] = []
+    if spec.resources.gpus and spec.resources.gpu_type not in GPU_MEMORY_GIB:
+        out.append(f"GPU memory fit not checked: unknown resources.gpu_type {spec.resources.gpu_type!r} "
+                   f"(known: {', '.join(sorted(GPU_MEMORY_GIB))})")  # fmt: skip
+    if spec.target != "kubernetes":
+        return tuple(out)
+    most = int(derived["max_replicas"].value or 1)
+    if most > 1 and not spec.availability.pod_disruption_budget:
+        out.append(f"{most} replicas without a PodDisruptionBudget: set availability.pod_disruption_budget: true")
+    if most > 1 and derived["access_mode"].value in ("ReadWriteOnce", "ReadWriteOncePod"):
+        out.append(
+            f"ReadWriteOnce cache with {most} replicas: pods scheduled on other nodes cannot mount it; "
+            "use storage.profile nfs or pd-preloaded, or storage.access_mode ReadWriteMany"
+        )
+    expected = derived.get("expected_load_s")
+    budget = int(derived["startup_budget_s"].value or 0)
+    if expected is not None and budget < int(expected.value or 0):
+        out.append(f"startup probe budget {budget} s is shorter than the expected load {expected.value} s: "
+                   "raise kubernetes.startup_timeout_s or drop it")  # fmt: skip
+    image = spec.kubernetes.image
+    if "@sha256:" not in image and (":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")):
+        out.append(f"image {image!r} is not pinned: use a version tag or a digest, never latest")
+    return tuple(out)

@@ -9,6 +9,7 @@ from vllm_fleet.cli.common import EnvOpt, JsonOpt, SpecArg, console, errors, pri
 
 def plan(spec: str = SpecArg, env: str | None = EnvOpt, as_json: bool = JsonOpt) -> None:
     """Validate SPEC and print the resolved Plan with every derived number and why."""
+    from rich.markup import escape
     from rich.table import Table
 
     from vllm_fleet.plan import load_plan
@@ -29,6 +30,8 @@ def plan(spec: str = SpecArg, env: str | None = EnvOpt, as_json: bool = JsonOpt)
     for key, derived in data["derived"].items():
         table.add_row(key, f"{derived['value']}  [dim]({derived['why']})[/]")
     console.print(table)
+    for warning in data["lint"]:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
