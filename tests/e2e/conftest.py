@@ -7,6 +7,7 @@ needs a running endpoint shares this one.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -33,7 +34,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_spec(directory: Path, model_dir: Path, *, name: str = "e2e", port: int | None = None, extra: str = "") -> Path:
+def write_spec(
+    directory: Path, model_dir: Path, *, name: str = "e2e", port: int | None = None, extra: str = ""
+) -> Path:
     """A local spec serving ``model_dir`` with its cache under ``directory``."""
     spec = directory / f"{name}.yaml"
     spec.write_text(
@@ -52,6 +55,25 @@ def fleet(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes in process group ``pgid`` (zombies excluded): vLLM and its engine-core children."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def state_pids(spec: Path, name: str) -> list[int]:
+    """Process-group leaders of the replicas `up` recorded for ``spec``."""
+    state = spec.parent / "cache" / "run" / name / "state.json"
+    return [r["pid"] for r in json.loads(state.read_text())["replicas"]]
+
+
 @pytest.fixture(scope="session")
 def served(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """`vllm-fleet up` of the demo model; `down` at the end of the session."""
@@ -60,6 +82,13 @@ def served(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     spec = write_spec(tmp_path_factory.mktemp("served"), demo_model)
     result = fleet("up", str(spec))
     assert result.returncode == 0, result.stdout + result.stderr
-    url = next(line.split()[1].removesuffix("/v1") for line in result.stdout.splitlines() if line.startswith("endpoint:"))
+    url = next(
+        line.split()[1].removesuffix("/v1") for line in result.stdout.splitlines() if line.startswith("endpoint:")
+    )
+    groups = state_pids(spec, "e2e")
+    assert all(group_members(g) for g in groups)
     yield Served(spec, url, "smollm2", result.stdout)
-    fleet("down", str(spec))
+    down = fleet("down", str(spec))
+    assert down.returncode == 0 and "stopped 1 replica" in down.stdout, down.stdout + down.stderr
+    assert [g for g in groups if group_members(g)] == [], "processes left after `vllm-fleet down`"
+    assert fleet("status", str(spec)).stdout.strip() == "not running"

@@ -14,6 +14,8 @@ def up(
     as_json: bool = JsonOpt,
 ) -> None:
     """Stage the model, start the replicas, wait for health, verify, print the endpoints."""
+    from contextlib import nullcontext
+
     from rich.live import Live
     from rich.table import Table
 
@@ -30,7 +32,8 @@ def up(
                 f"target is {plan.spec.target!r}; `up` runs the local target",
                 fix="set target: local, or render manifests with `vllm-fleet render`",
             )
-        with console.status(f"staging {plan.source}", disable=as_json):
+        local.ensure_not_running(plan)
+        with nullcontext() if as_json else console.status(f"staging {plan.source}"):
             staged = stage(plan.source, plan.model_dir, revision=plan.spec.model.revision)
         if not as_json:
             how = "cached" if staged.skipped else "staged"

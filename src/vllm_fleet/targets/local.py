@@ -62,13 +62,18 @@ def running(plan: Plan) -> list[Replica]:
     return [r for r in read_state(plan) if _is_vllm(r.pid)]
 
 
-def start(plan: Plan, progress: Progress | None = None) -> list[Replica]:
-    """Start every replica and wait until each answers /health; on any failure stop them all."""
+def ensure_not_running(plan: Plan) -> None:
+    """Refuse to start ``plan`` twice."""
     if alive := running(plan):
         raise TargetError(
             f"{plan.name} is already running ({len(alive)} replica(s), first at {alive[0].url})",
             fix=f"use it, or stop it first: vllm-fleet down SPEC{' --env ' + plan.env if plan.env else ''}",
         )
+
+
+def start(plan: Plan, progress: Progress | None = None) -> list[Replica]:
+    """Start every replica and wait until each answers /health; on any failure stop them all."""
+    ensure_not_running(plan)
     engine.installed_engine()
     if not cache.is_complete(plan.model_dir):
         raise EngineError(

@@ -57,18 +57,23 @@ def build_demo_model(dest: Path, *, force: bool = False) -> DemoModel:
     except ImportError as exc:
         raise FleetError(f"cannot build the demo model: {exc}", fix=INSTALL_HINT) from exc
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the dequantizing progress bars and dtype advice are noise here
+    hf_logging.disable_progress_bar()
     tmp = dest.with_name(dest.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # tied to the embeddings; vLLM ties them itself
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # the weights are dequantized now
-    config["torch_dtype"] = "bfloat16"
+    config["architectures"] = [type(model).__name__]  # a GGUF-loaded config has none; vLLM needs it
+    config["torch_dtype"] = config["dtype"] = "bfloat16"
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     model.generation_config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
