@@ -1,0 +1,3 @@
+from vllm_fleet.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""Plan resolution and the vLLM command line built from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vllm_fleet import engine
+from vllm_fleet.plan import model_key, resolve
+from vllm_fleet.spec import parse_spec
+
+SPEC = """\
+name: demo
+model: {source: models/tiny, served_name: tiny}
+replicas: 3
+local: {base_port: 9100}
+cache: {dir: cache}
+availability: {drain_timeout_s: 60}
+"""
+
+
+def test_relative_paths_resolve_against_the_spec_directory(tmp_path: Path) -> None:
+    plan = resolve(parse_spec(SPEC), spec_dir=tmp_path)
+    assert plan.source == (tmp_path / "models" / "tiny").as_uri()
+    assert plan.cache_root == tmp_path / "cache"
+    assert plan.model_dir.parent == tmp_path / "cache" / "models"
+    assert plan.ports == (9100, 9101, 9102)
+    assert plan.endpoints[2] == "http://127.0.0.1:9102"
+
+
+def test_model_key_is_stable_and_distinct() -> None:
+    assert model_key("s3://b/m") == model_key("s3://b/m")
+    assert model_key("s3://b/m") != model_key("s3://b/m", "v2")
+    assert model_key("hf://org/My Model").startswith("My-Model-")
+
+
+def test_derived_numbers_say_why(tmp_path: Path) -> None:
+    model = tmp_path / "models" / "tiny"
+    model.mkdir(parents=True)
+    (model / "w.bin").write_bytes(b"x" * 1000)
+    plan = resolve(parse_spec(SPEC), spec_dir=tmp_path)
+    assert plan.model_bytes == 1000
+    assert plan.termination_grace_s == 90
+    assert "drain_timeout_s 60" in plan.derived["termination_grace_s"].why
+    assert plan.startup_budget_s >= 90
+    assert "assumed read bandwidth" in plan.derived["startup_budget_s"].why
+
+
+def test_vllm_args_follow_the_spec(tmp_path: Path) -> None:
+    text = SPEC + "engine: {max_model_len: 4096, tensor_parallel_size: 2, extra_args: [--seed, '7']}\n"
+    text += "resources: {gpus: 2}\n"
+    plan = resolve(parse_spec(text), spec_dir=tmp_path)
+    args = engine.vllm_args(plan, model_dir="/models/tiny", port=8000)
+    pairs = dict(zip(args[::2], args[1::2], strict=False))
+    assert args[:2] == ["--model", "/models/tiny"]
+    assert pairs["--served-model-name"] == "tiny"
+    assert "--tensor-parallel-size" in args and args[args.index("--tensor-parallel-size") + 1] == "2"
+    assert args[args.index("--max-model-len") + 1] == "4096"
+    assert "--gpu-memory-utilization" in args
+    assert args[-2:] == ["--seed", "7"]
+    assert "VLLM_CPU_KVCACHE_SPACE" not in engine.vllm_env(plan)  # a GPU replica
+
+
+def test_cpu_replica_gets_kv_cache_space_and_local_command(tmp_path: Path) -> None:
+    plan = resolve(parse_spec(SPEC), spec_dir=tmp_path)
+    assert engine.vllm_env(plan)["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    argv = engine.local_command(plan, model_dir="/m", port=9100)
+    assert argv[1:3] == ["-m", engine.API_SERVER_MODULE]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert "--enforce-eager" in argv
