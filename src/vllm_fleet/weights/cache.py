@@ -32,6 +32,7 @@ class ManifestFile:
     size: int
     checksum: str | None = None  # "algo:hex", e.g. "sha256:ab12..."
     verified: str = "size"  # what the check compared: size, sha256, md5, crc32c ...
+    etag: str | None = None  # the source's version tag when it has one: a changed tag means refetch
 
 
 @dataclass(frozen=True)
