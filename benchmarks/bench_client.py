@@ -1,0 +1,160 @@
+"""Is the bench client the bottleneck? Measured against the yardstick server, beside `vllm bench serve`.
+
+One run prints:
+1. ceiling: the sustained streamed request rate the client drives at fixed
+   concurrency, and requests per client CPU-second (= per client core; the
+   figure that holds on a busy machine), target >= 1,000;
+2. rate accuracy: open-loop Poisson runs at fractions of that ceiling, the
+   achieved send rate against the rate of the drawn schedule (target within 1 %);
+3. client-added latency at half the ceiling: p99 of the send lag (sent minus
+   scheduled) and p99 E2E against a server that answers at once (an upper bound:
+   it includes the server and the kernel), target < 1 ms;
+4. baseline: `vllm bench serve` (from the installed vllm) on the same server,
+   same concurrency and request count, and the ratio.
+
+    python benchmarks/bench_client.py [--requests 4000] [--concurrency 64] [--vllm-python .venv/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from vllm_fleet.bench import datasets, loadgen, metrics
+from vllm_fleet.bench.loadgen import LoadConfig
+
+HERE = Path(__file__).resolve().parent
+TOKENIZER = HERE.parent / ".cache" / "demo" / "smollm2-135m-instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_yardstick(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(HERE / "yardstick.py"), "--port", str(port)])
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the yardstick did not start")
+
+
+def ours(config: LoadConfig, prompts: list[datasets.Prompt]) -> tuple[loadgen.RunResult, float]:
+    """One run of our client; returns it and the client CPU seconds it used."""
+    cpu = time.process_time()
+    run = loadgen.run(config, prompts, datasets.TokenCounter())
+    return run, time.process_time() - cpu
+
+
+def vllm_bench(python: str, url: str, requests: int, concurrency: int, output_len: int) -> tuple[float, float]:
+    """`vllm bench serve` on the same server: (its request throughput, its CPU seconds)."""
+    code = (
+        "import sys\n"
+        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+        "from vllm.benchmarks.serve import add_cli_args, main\n"
+        "parser = FlexibleArgumentParser(); add_cli_args(parser)\n"
+        "main(parser.parse_args(sys.argv[1:]))\n"
+    )
+    args = [
+        "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions", "--model", "yardstick",
+        "--tokenizer", str(TOKENIZER), "--dataset-name", "random", "--random-input-len", "16",
+        "--random-output-len", str(output_len), "--num-prompts", str(requests), "--max-concurrency",
+        str(concurrency), "--request-rate", "inf", "--ignore-eos", "--disable-tqdm",
+    ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([python, "-c", code, *args], capture_output=True, text=True, timeout=600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    match = re.search(r"Request throughput \(req/s\):\s+([\d.]+)", out.stdout)
+    if not match:
+        raise SystemExit(f"vllm bench serve failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    # Its CPU includes importing vLLM and torch: subtract a bare import of the same modules, measured below.
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return float(match.group(1)), cpu
+
+
+def import_cpu(python: str) -> float:
+    """CPU seconds vLLM's benchmark spends importing before it sends anything."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    code = "from vllm.benchmarks.serve import add_cli_args, main; from transformers import AutoTokenizer; "
+    code += f"AutoTokenizer.from_pretrained({str(TOKENIZER)!r})"
+    subprocess.run([python, "-c", code], capture_output=True, timeout=600, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Is the bench client the bottleneck?")
+    parser.add_argument("--requests", type=int, default=4000, help="Requests per run.")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=8, help="Streamed tokens per answer.")
+    parser.add_argument("--vllm-python", default=str(HERE.parent / ".venv" / "bin" / "python"))
+    args = parser.parse_args()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_yardstick(port)
+    try:
+        prompts = [datasets.Prompt(f"prompt {i}", 2, args.output_len) for i in range(256)]
+        base = LoadConfig(url=url, model="yardstick", num_prompts=args.requests, warmup=args.concurrency)
+
+        run, cpu = ours(replace(base, max_concurrency=args.concurrency), prompts)
+        done = sum(r.success for r in run.results)
+        ceiling, per_core = done / run.duration_s, done / cpu
+        print(
+            f"ceiling: {ceiling:,.0f} req/s at concurrency {args.concurrency} ({done} ok); "
+            f"{per_core:,.0f} req per client CPU-second (target >= 1,000: {'met' if per_core >= 1000 else 'MISSED'})"
+        )
+
+        target = min(ceiling, per_core)
+        for fraction in (0.25, 0.5, 0.9):
+            rate = round(target * fraction)
+            run, _ = ours(replace(base, request_rate=rate, warmup=0), prompts)
+            sent = sorted(r.sent_s for r in run.results)
+            planned = sorted(r.scheduled_s for r in run.results)
+            achieved = (len(sent) - 1) / (sent[-1] - sent[0])
+            drawn = (len(planned) - 1) / (planned[-1] - planned[0])
+            lag = sorted((r.sent_s - r.scheduled_s) * 1000 for r in run.results)
+            e2el = sorted(r.e2el_s * 1000 for r in run.results if r.success)
+            error = abs(achieved / drawn - 1) * 100
+            print(
+                f"rate {rate:>6,} req/s: achieved {achieved:,.1f} vs schedule {drawn:,.1f} ({error:.2f} % off, "
+                f"{'met' if error <= 1 else 'MISSED'}); send lag p99 {metrics.percentile(lag, 99):.3f} ms; "
+                f"E2E p50 {metrics.percentile(e2el, 50):.3f} p99 {metrics.percentile(e2el, 99):.3f} ms; "
+                f"failed {sum(not r.success for r in run.results)}"
+            )
+
+        if not Path(args.vllm_python).is_file() or not (TOKENIZER / "tokenizer.json").is_file():
+            print(f"baseline skipped: needs {args.vllm_python} with vllm and the demo tokenizer at {TOKENIZER}")
+            return
+        theirs, their_cpu = vllm_bench(args.vllm_python, url, args.requests, args.concurrency, args.output_len)
+        their_cpu -= import_cpu(args.vllm_python)
+        print(
+            f"vllm bench serve: {theirs:,.0f} req/s at concurrency {args.concurrency}, "
+            f"~{args.requests / max(their_cpu, 1e-9):,.0f} req per CPU-second (import and tokenizer load subtracted)"
+        )
+        print(
+            f"ratio ours / vllm bench serve: throughput {ceiling / theirs:.2f}x, "
+            f"per CPU-second {per_core / (args.requests / max(their_cpu, 1e-9)):.2f}x"
+        )
+        print(json.dumps({"served_by_yardstick": json.load(urllib.request.urlopen(f"{url}/stats"))["served"]}))
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""The load generator: send prompts on a schedule, stream the answers, time every token.
+
+Two load models:
+- open loop (``request_rate`` finite): send times are drawn ahead of the run
+  from a gamma process (burstiness 1 = Poisson) and kept absolute, so a slow
+  moment never shifts later sends; an optional concurrency cap makes requests
+  wait in the client, and that wait is reported apart from latency.
+- fixed concurrency (rate infinite with ``max_concurrency``): N workers, each
+  sending its next request when the previous one ends.
+Bounds: a request count and/or a duration. Warm-up requests run first and are
+not measured. An open-loop run stops early when its backlog grows without
+bound (the server is saturated) and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from vllm_fleet.bench.datasets import Prompt, TokenCounter
+from vllm_fleet.bench.metrics import RequestResult
+from vllm_fleet.bench.scrape import ServerMetrics, parse_prometheus
+from vllm_fleet.bench.sse import DONE, SSEDecoder
+
+_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+# Saturation: the backlog (sent, not finished) rose at each of the last N checks and doubled.
+_SATURATION_CHECKS = 5
+_SATURATION_FLOOR = 32
+# The event loop's timers have millisecond resolution; the last stretch before a send yields instead.
+_SPIN_S = 0.0015
+
+
+@dataclass
+class LoadConfig:
+    """How to load one endpoint."""
+
+    url: str
+    model: str
+    endpoint: str = "/v1/completions"
+    request_rate: float = math.inf
+    burstiness: float = 1.0
+    max_concurrency: int | None = None
+    num_prompts: int | None = 100
+    duration_s: float | None = None
+    warmup: int = 1
+    ignore_eos: bool = False
+    seed: int = 0
+    timeout_s: float = 600.0
+    scrape_interval_s: float = 1.0
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def closed_loop(self) -> bool:
+        return math.isinf(self.request_rate) and self.max_concurrency is not None
+
+
+@dataclass
+class RunResult:
+    """One run: raw per-request results, its measured duration, the server's metrics, why it stopped."""
+
+    request_rate: float
+    results: list[RequestResult]
+    duration_s: float
+    server: ServerMetrics
+    stopped_early: str = ""
+
+
+def send_times(config: LoadConfig, count: int | None) -> list[float]:
+    """Send offsets in seconds, computed ahead: gamma(shape=burstiness) gaps with mean 1/rate."""
+    if math.isinf(config.request_rate):
+        return [0.0] * (count or 0)
+    rng = random.Random(config.seed)
+    theta = 1.0 / (config.request_rate * config.burstiness)
+    times: list[float] = []
+    at = 0.0
+    while (count is None or len(times) < count) and (config.duration_s is None or at < config.duration_s):
+        times.append(at)
+        at += rng.gammavariate(config.burstiness, theta)
+    return times
+
+
+def request_body(config: LoadConfig, prompt: Prompt) -> bytes:
+    """The streamed OpenAI request for ``prompt`` (chat when the endpoint is chat), usage included."""
+    body: dict = {
+        "model": config.model,
+        "max_tokens": prompt.output_len,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.0,
+    }
+    if config.endpoint.endswith("chat/completions"):
+        body["messages"] = [{"role": "user", "content": prompt.text}]
+    else:
+        body["prompt"] = prompt.text
+    if config.ignore_eos:
+        body |= {"ignore_eos": True, "min_tokens": prompt.output_len}
+    return json.dumps(body).encode()
+
+
+class Runner:
+    """One run against one endpoint; :meth:`run` never raises for a request's failure."""
+
+    def __init__(
+        self,
+        config: LoadConfig,
+        prompts: list[Prompt],
+        counter: TokenCounter,
+        on_progress: Callable[[int, int | None, float], None] | None = None,
+    ):
+        self.config = config
+        self.prompts = prompts
+        self.counter = counter
+        self.on_progress = on_progress
+        self.results: list[RequestResult] = []
+        self.finished = 0
+        self.server = ServerMetrics()
+        self.stopped_early = ""
+        self._stop = asyncio.Event()
+        self._t0 = 0.0
+        self._bodies = [request_body(config, p) for p in prompts]
+
+    async def run(self) -> RunResult:
+        """Warm up, run, scrape, return the raw results."""
+        config = self.config
+        headers = dict(_HEADERS) | ({"Authorization": f"Bearer {config.api_key}"} if config.api_key else {})
+        connector = aiohttp.TCPConnector(limit=0, force_close=False, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
+            self._session = session
+            self._post_url = config.url.rstrip("/") + config.endpoint
+            for i in range(config.warmup):
+                warm = RequestResult(index=-1 - i, scheduled_s=0.0, warmup=True)
+                await self._one(warm, i % len(self.prompts))
+            self._t0 = time.perf_counter()
+            await self._scrape()
+            watcher = asyncio.create_task(self._watch())
+            if config.closed_loop:
+                await self._fixed_concurrency()
+            else:
+                await self._open_loop()
+            duration = time.perf_counter() - self._t0
+            watcher.cancel()
+            await self._scrape()
+        return RunResult(config.request_rate, self.results, duration, self.server, self.stopped_early)
+
+    async def _open_loop(self) -> None:
+        config = self.config
+        times = send_times(config, config.num_prompts)
+        slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
+        tasks = []
+        for index, at in enumerate(times):
+            await _sleep_until(self._t0 + at)
+            if self._stop.is_set():
+                break
+            result = RequestResult(index=index, scheduled_s=at)
+            self.results.append(result)
+            tasks.append(asyncio.create_task(self._slotted(result, index % len(self.prompts), slots)))
+        if self._stop.is_set():
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _slotted(self, result: RequestResult, prompt: int, slots: asyncio.Semaphore | None) -> None:
+        try:
+            if slots is None:
+                await self._one(result, prompt)
+                return
+            async with slots:
+                await self._one(result, prompt)
+        except asyncio.CancelledError:
+            result.error_kind, result.error = "cancelled at early stop", self.stopped_early
+            raise
+
+    async def _fixed_concurrency(self) -> None:
+        config = self.config
+        limit = config.num_prompts if config.num_prompts is not None else math.inf
+        deadline = self._t0 + config.duration_s if config.duration_s else math.inf
+
+        async def worker() -> None:
+            while len(self.results) < limit and time.perf_counter() < deadline:
+                index = len(self.results)
+                result = RequestResult(index=index, scheduled_s=time.perf_counter() - self._t0)
+                self.results.append(result)
+                await self._one(result, index % len(self.prompts))
+
+        await asyncio.gather(*(worker() for _ in range(config.max_concurrency or 1)))
+
+    async def _one(self, result: RequestResult, prompt_index: int) -> None:
+        """Send one request and fill ``result``; every failure becomes an error kind, never an exception."""
+        prompt = self.prompts[prompt_index]
+        chunks: list[tuple[float, str]] = []
+        usage: dict = {}
+        sent = time.perf_counter()
+        result.sent_s = sent - self._t0
+        try:
+            async with self._session.post(self._post_url, data=self._bodies[prompt_index]) as resp:
+                if resp.status != 200:
+                    result.error_kind = f"http {resp.status}"
+                    result.error = (await resp.text())[:200]
+                    return
+                decoder = SSEDecoder()
+                async for data in resp.content.iter_any():
+                    now = time.perf_counter()
+                    for payload in decoder.feed(data):
+                        if payload != DONE:
+                            usage = _take_event(json.loads(payload), now, chunks) or usage
+            result.e2el_s = time.perf_counter() - sent
+        except TimeoutError:
+            result.error_kind, result.error = "timeout", f"no complete answer in {self.config.timeout_s} s"
+            return
+        except (aiohttp.ClientError, OSError) as exc:
+            result.error_kind, result.error = f"connection: {type(exc).__name__}", str(exc)[:200]
+            return
+        except StreamError as exc:
+            result.error_kind, result.error = "error in stream", str(exc)[:200]
+            return
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            result.error_kind, result.error = "malformed stream", f"{type(exc).__name__}: {exc}"[:200]
+            return
+        finally:
+            self.finished += 1
+        self._complete(result, prompt, sent, chunks, usage)
+
+    def _complete(
+        self, result: RequestResult, prompt: Prompt, sent: float, chunks: list[tuple[float, str]], usage: dict
+    ) -> None:
+        if not chunks:
+            result.error_kind, result.error = "empty answer", "the stream carried no content"
+            return
+        result.ttft_s = chunks[0][0] - sent
+        if usage.get("completion_tokens") is not None:
+            result.output_tokens = int(usage["completion_tokens"])
+            result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        else:
+            result.token_source = self.counter.source
+            result.output_tokens = self.counter.count("".join(text for _, text in chunks))
+            result.prompt_tokens = prompt.prompt_len
+        result.itl_s = split_gaps(chunks, result.output_tokens)
+        result.success = True
+
+    async def _watch(self) -> None:
+        """Every scrape interval: read /metrics, report progress, stop an open loop the server cannot keep up with."""
+        backlog: list[int] = []
+        while True:
+            await asyncio.sleep(self.config.scrape_interval_s)
+            await self._scrape()
+            elapsed = time.perf_counter() - self._t0
+            if self.on_progress:
+                self.on_progress(self.finished, self.config.num_prompts, elapsed)
+            backlog.append(len(self.results) - sum(1 for r in self.results if r.e2el_s or r.error_kind))
+            if not self.config.closed_loop and _saturated(backlog):
+                rate = self.config.request_rate
+                self.stopped_early = (
+                    f"stopped early: the server is saturated at {rate:g} req/s: requests in flight grew from "
+                    f"{backlog[-_SATURATION_CHECKS - 1]} to {backlog[-1]} in {_SATURATION_CHECKS} checks "
+                    "and kept growing"
+                )
+                self._stop.set()
+                return
+
+    async def _scrape(self) -> None:
+        try:
+            async with self._session.get(self.config.url.rstrip("/") + "/metrics") as resp:
+                if resp.status == 200:
+                    self.server.add(time.perf_counter() - self._t0, parse_prometheus(await resp.text()))
+        except (aiohttp.ClientError, OSError, TimeoutError, UnicodeDecodeError):
+            return
+
+
+class StreamError(Exception):
+    """The server reported an error inside the stream."""
+
+
+def _take_event(event: dict, now: float, chunks: list[tuple[float, str]]) -> dict | None:
+    """Record the content of one streamed event; return its usage if it carries one."""
+    if "error" in event:
+        raise StreamError(str(event["error"]))
+    for choice in event.get("choices") or ():
+        text = choice.get("text")
+        if text is None:
+            text = (choice.get("delta") or {}).get("content")
+        if text:
+            chunks.append((now, text))
+    return event.get("usage")
+
+
+def split_gaps(chunks: list[tuple[float, str]], output_tokens: int) -> list[float]:
+    """ITL samples: a chunk carrying k tokens gives k gaps of gap/k.
+
+    Tokens per chunk: one each when the counts agree (vLLM streams a token per
+    chunk); otherwise the output tokens are shared out in proportion to each
+    chunk's characters (the stream does not say, so this is the best estimate).
+    """
+    gaps: list[float] = []
+    later = chunks[1:]
+    if output_tokens <= len(chunks):
+        shares = [1] * len(later)
+    else:
+        chars = sum(len(text) for _, text in chunks) or 1
+        shares = [max(1, round(output_tokens * len(text) / chars)) for _, text in later]
+    for (previous, _), (now, _), share in zip(chunks, later, shares, strict=False):
+        gaps.extend([(now - previous) / share] * share)
+    return gaps
+
+
+async def _sleep_until(deadline: float) -> None:
+    """Sleep to ``deadline`` (perf_counter): the loop's timer wakes up to 1 ms late, so the last ms yields."""
+    delay = deadline - time.perf_counter()
+    if delay > _SPIN_S:
+        await asyncio.sleep(delay - _SPIN_S)
+    while time.perf_counter() < deadline:
+        await asyncio.sleep(0)
+
+
+def _saturated(backlog: list[int]) -> bool:
+    if len(backlog) <= _SATURATION_CHECKS:
+        return False
+    window = backlog[-_SATURATION_CHECKS - 1 :]
+    rising = all(b > a for a, b in itertools.pairwise(window))
+    return rising and window[-1] >= max(2 * window[0], _SATURATION_FLOOR)
+
+
+def run(
+    config: LoadConfig,
+    prompts: list[Prompt],
+    counter: TokenCounter,
+    on_progress: Callable[[int, int | None, float], None] | None = None,
+) -> RunResult:
+    """Run once, synchronously (the CLI's one entry into the event loop); uvloop when installed."""
+    runner = Runner(config, prompts, counter, on_progress)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(runner.run())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
+        return loop_runner.run(runner.run())
