@@ -202,7 +202,8 @@ def _derive_kubernetes(spec: FleetSpec, source: str, derived: dict[str, Derived]
     else:
         key = model_key(source, spec.model.revision)
         out["pod_model_dir"] = Derived(f"{st.mount_path}/models/{key}", "storage.mount_path + cache layout models/KEY")
-    default_mode = {"pd-preloaded": "ReadOnlyMany", "nfs": "ReadWriteMany", "gcsfuse": "ReadOnlyMany"}
+    default_mode = {"pd-preloaded": "ReadOnlyMany", "nfs": "ReadWriteMany", "gcsfuse": "ReadOnlyMany",
+                    "local-nvme": "node-local"}  # fmt: skip
     mode = st.access_mode or default_mode.get(st.profile, "ReadWriteOnce")
     out["access_mode"] = Derived(mode, "storage.access_mode" if st.access_mode else f"default of {st.profile}")
     out["max_replicas"] = Derived(
@@ -281,6 +282,10 @@ def _lint(spec: FleetSpec, model_bytes: int | None, derived: dict[str, Derived])
     if spec.resources.gpus and spec.resources.gpu_type not in GPU_MEMORY_GIB:
         out.append(f"GPU memory fit not checked: unknown resources.gpu_type {spec.resources.gpu_type!r} "
                    f"(known: {', '.join(sorted(GPU_MEMORY_GIB))})")  # fmt: skip
+    fit = derived.get("gpu_fit")
+    if fit is not None and fit.value is not None and float(fit.value) > 1 - GPU_FIT_HEADROOM:
+        out.append(f"GPU memory is tight ({float(fit.value):.0%} of usable): activations and CUDA graphs may not fit; "
+                   "lower engine.max_num_seqs or engine.max_model_len")  # fmt: skip
     if spec.target != "kubernetes":
         return tuple(out)
     most = int(derived["max_replicas"].value or 1)

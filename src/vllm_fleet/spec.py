@@ -129,6 +129,7 @@ class StorageSpec(_Strict):
     read_bandwidth_mb_s: float | None = Field(None, gt=0, description="measured read MB/s (probe-storage)")
     read_ahead_kb: int = Field(4096, gt=0, description="pd-preloaded: read_ahead_kb mount option")
     volume_handle: str | None = Field(None, description="pd-preloaded: CSI volumeHandle projects/P/zones/Z/disks/D")
+    csi_driver: str | None = Field(None, description="CSI driver of disks (default: the platform's)")
     zones: list[str] = Field(default_factory=list, description="pd-preloaded: zones that get a read-only disk")
     nfs_server: str | None = Field(None, description="nfs: server address")
     nfs_path: str = Field("/", description="nfs: exported path")
@@ -169,10 +170,11 @@ class KubernetesSpec(_Strict):
     gcp_service_account: str | None = Field(None, description="GKE Workload Identity: the IAM service account")
     secrets: SecretRefs = SecretRefs()
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (DigitalOcean Spaces, MinIO)")
-    run_as_user: int = Field(1000, gt=0, description="non-root uid of every container")
+    run_as_user: int = Field(10001, gt=0, description="non-root uid of every container")
     startup_timeout_s: int | None = Field(None, gt=0, description="override the derived startup probe budget")
     port: int = Field(8000, gt=0, lt=65536)
     allowed_namespaces: list[str] = Field(default_factory=list, description="NetworkPolicy: namespaces let in")
+    allowed_cidrs: list[str] = Field(default_factory=list, description="NetworkPolicy: CIDRs let in (LB proxies)")
 
     @field_validator("namespace", "service_account")
     @classmethod
