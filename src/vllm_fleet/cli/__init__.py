@@ -25,9 +25,9 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."))
 
 
 def _register() -> None:
-    from vllm_fleet.cli import bench, kubernetes, local, spec, verify, weights
+    from vllm_fleet.cli import bench, kubernetes, local, spec, storage, verify, weights
 
-    for module in (spec, weights, local, verify, bench, kubernetes):
+    for module in (spec, weights, local, verify, bench, kubernetes, storage):
         module.register(app)
 
 
