@@ -107,13 +107,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def safe_join(root: Path, name: str) -> Path:
-    """``root / name`` for an untrusted relative name, refusing anything that escapes ``root``."""
+def check_name(name: str) -> PurePosixPath:
+    """An untrusted relative file name, refused when it could escape a model directory."""
     pure = PurePosixPath(name)
     if not name or pure.is_absolute() or "\\" in name or any(part in ("..", "") for part in pure.parts):
-        raise SourceError(f"refusing unsafe file name {name!r}: it would escape {root}")
+        raise SourceError(f"refusing unsafe file name {name!r}: it would escape the model directory")
     if pure.parts[0] == META_DIR:
         raise SourceError(f"refusing file name {name!r}: {META_DIR}/ is reserved for the cache's own files")
+    return pure
+
+
+def safe_join(root: Path, name: str) -> Path:
+    """``root / name`` for an untrusted relative name, refusing anything that escapes ``root``."""
+    pure = check_name(name)
     target = root.joinpath(*pure.parts)
     # A symlink already inside the cache could redirect a write outside it.
     for parent in [target, *target.parents]:

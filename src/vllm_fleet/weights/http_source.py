@@ -20,6 +20,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import httpx
 
 from vllm_fleet.errors import SourceError, SourceForbidden, SourceNotFound
+from vllm_fleet.weights.cache import check_name
 from vllm_fleet.weights.sources import Retryable, SourceFile, SourceOptions
 
 INDEX = "index.txt"
@@ -117,8 +118,8 @@ class HttpTransport:
                     if not remaining:
                         return
         except httpx.TransportError as exc:
-            raise Retryable(f"{file.path}: {describe(exc)}") from exc
-        raise Retryable(f"{file.path}: the response ended {remaining} bytes short (truncated object?)")
+            raise Retryable(describe(exc)) from exc
+        raise Retryable(f"the response ended {remaining} bytes short (truncated object?)")
 
     def _check_range(self, response: httpx.Response, file: SourceFile, start: int) -> int:
         """Bytes to skip before ``start``; raises when the object is not the one listed."""
@@ -129,7 +130,7 @@ class HttpTransport:
             return start
         match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
         if not match or int(match[1]) != start:
-            raise Retryable(f"{file.path}: the server answered another range than asked")
+            raise Retryable("the server answered another range than asked")
         if match[3] != "*" and int(match[3]) != file.size:
             raise SourceError(
                 f"{file.path}: the source now holds {match[3]} bytes, the listing said {file.size}",
@@ -191,5 +192,7 @@ def parse_index(text: str) -> list[tuple[str, str | None]]:
         if not line or line.startswith("#"):
             continue
         match = _SHA256_LINE.match(line)
-        entries.append((match[2], f"sha256:{match[1].lower()}") if match else (line, None))
+        path, checksum = (match[2], f"sha256:{match[1].lower()}") if match else (line, None)
+        check_name(path)  # before any request: an index entry must not reach outside the model's directory
+        entries.append((path, checksum))
     return entries
