@@ -258,7 +258,8 @@ class Nginx:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "nginx.conf").write_text(
-            f"""{"user root;" if os.geteuid() == 0 else ""} daemon off; worker_processes 1; pid {workdir}/nginx.pid; error_log {workdir}/error.log;
+            f"""{"user root;" if os.geteuid() == 0 else ""} daemon off; worker_processes 1;
+pid {workdir}/nginx.pid; error_log {workdir}/error.log;
 events {{ worker_connections 1024; }}
 http {{
   access_log off; sendfile on; keepalive_requests 100000;
