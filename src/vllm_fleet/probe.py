@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from vllm_fleet.bench.sse import iter_events
+
 QUESTION = "What is the capital of France?"
 
 
@@ -137,10 +139,8 @@ async def _stream(client: httpx.AsyncClient, report: VerifyReport, *, max_tokens
     usage: dict[str, Any] = {}
     async with client.stream("POST", "/v1/chat/completions", json=_chat_body(report, max_tokens, stream=True)) as resp:
         resp.raise_for_status()
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:") or line.strip() == "data: [DONE]":
-                continue
-            event = json.loads(line[5:])
+        async for payload in iter_events(resp.aiter_bytes()):
+            event = json.loads(payload)
             for choice in event.get("choices") or []:
                 pieces.append((choice.get("delta") or {}).get("content") or "")
             usage = event.get("usage") or usage

@@ -36,6 +36,7 @@ _SATURATION_CHECKS = 5
 _SATURATION_FLOOR = 32
 # The event loop's timers have millisecond resolution; the last stretch before a send yields instead.
 _SPIN_S = 0.0015
+_SETTLE_S = 0.3
 
 
 @dataclass
@@ -148,6 +149,8 @@ class Runner:
                 await self._open_loop()
             duration = time.perf_counter() - self._t0
             watcher.cancel()
+            # vLLM counts a request's tokens just after it streams the last chunk: let the counters settle.
+            await asyncio.sleep(_SETTLE_S)
             await self._scrape()
         return RunResult(config.request_rate, self.results, duration, self.server, self.stopped_early)
 
