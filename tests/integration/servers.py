@@ -185,11 +185,15 @@ class HubServer(Origin):
         self.repo_files = files
         self.lfs = {name for name in files if any(Path(name).match(g) for g in lfs)}
         self.tokens_seen: list[str | None] = []
+        self.token: str | None = None  # when set, the API and resolve endpoints require it
         for name in self.lfs:
             self.files[f"/cdn/{hashlib.sha256(files[name]).hexdigest()}"] = files[name]
 
     def route(self, h: BaseHTTPRequestHandler, path: str, head: bool) -> bool:
         self.tokens_seen.append(h.headers.get("Authorization"))
+        if self.token and not path.startswith("/cdn/") and h.headers.get("Authorization") != f"Bearer {self.token}":
+            self._reply(h, 401, {"Content-Length": "0", "X-Error-Code": "GatedRepo"})
+            return True
         listing = f"/api/models/{self.repo}/revision/"
         if path.startswith(listing):
             revision = path[len(listing) :]

@@ -30,10 +30,10 @@ class GcsSource(HttpTransport):
         parts = urlsplit(uri)
         if not parts.netloc:
             raise SpecError(f"no bucket in {uri!r}", fix="write gs://BUCKET/PREFIX")
-        self.uri = uri
         self.bucket = parts.netloc
         prefix = parts.path.lstrip("/")
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.uri = f"gs://{self.bucket}/{self.prefix}"  # one spelling per model: the manifest compares it
         emulator = os.environ.get("STORAGE_EMULATOR_HOST")
         self.base = (emulator if "://" in (emulator or "") else f"http://{emulator}") if emulator else None
         self.base = (self.base or "https://storage.googleapis.com").rstrip("/")

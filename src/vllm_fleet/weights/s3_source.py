@@ -30,10 +30,10 @@ class S3Source(HttpTransport):
         parts = urlsplit(uri)
         if not parts.netloc:
             raise SpecError(f"no bucket in {uri!r}", fix="write s3://BUCKET/PREFIX")
-        self.uri = uri
         self.bucket = parts.netloc
         prefix = parts.path.lstrip("/")
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.uri = f"s3://{self.bucket}/{self.prefix}"  # one spelling per model: the manifest compares it
         self._s3: Any = None
         self._urls: dict[str, str] = {}
 
