@@ -26,8 +26,9 @@ def probe_storage(
         return
     ra = report.read_ahead
     best = max(report.direct, key=lambda t: t.gbps, default=None)
-    how = f" (O_DIRECT, {best.chunk_bytes >> 10} KiB x {best.queue_depth} in flight)" if best else ""
-    console.print(f"limit:      {report.limit_gbps:.2f} GB/s{how}")
+    how = f" {best.gbps:.2f} GB/s at {best.chunk_bytes >> 10} KiB x {best.queue_depth} in flight" if best else ""
+    console.print(f"limit:      {report.limit_gbps:.2f} GB/s (best of O_DIRECT{how} and buffered)")
+    console.print(f"buffered:   {report.buffered_gbps:.2f} GB/s (large concurrent reads, as prefetch does)")
     console.print(f"mmap walk:  {report.mmap_gbps:.2f} GB/s at read_ahead_kb={ra.kb} (what vLLM's default loader gets)")
     console.print(f"file open:  {report.open_ms:.3f} ms")
     known = ra.kb is not None
