@@ -70,7 +70,7 @@ def test_s3_prefix_is_staged_and_md5_verified(s3, tmp_path: Path) -> None:
 def test_s3_missing_bucket_and_key_errors(s3, tmp_path: Path) -> None:
     with pytest.raises(SourceNotFound, match="bucket nope-nope not found"):
         stage("s3://nope-nope/m", tmp_path / "m", options=FAST)
-    client, bucket = s3
+    _, bucket = s3
     with pytest.raises(SourceNotFound, match="no objects under"):
         stage(f"s3://{bucket}/empty", tmp_path / "m", options=FAST)
 

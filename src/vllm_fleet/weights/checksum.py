@@ -31,7 +31,7 @@ def new_hasher(checksum: str, size: int) -> Any:
 
 
 def hexdigest(hasher: Any) -> str:
-    return hasher.hexdigest() if hasattr(hasher, "hexdigest") else hasher.digest().hex()
+    return hasher.digest().hex()  # google_crc32c's hexdigest() returns bytes
 
 
 def algorithm(checksum: str | None) -> str:

@@ -40,12 +40,12 @@ class Lease:
         """Wait for the lease: True when held, False when ``done()`` became true first."""
         observed, since = None, time.monotonic()
         while True:
+            if await asyncio.to_thread(done):
+                return False
             if await asyncio.to_thread(self._create):
                 self._beat = threading.Thread(target=self._heartbeat, name="vllm-fleet-lease", daemon=True)
                 self._beat.start()
                 return True
-            if await asyncio.to_thread(done):
-                return False
             content = await asyncio.to_thread(self._read, self.path)
             if content is not None:
                 if content != observed:
