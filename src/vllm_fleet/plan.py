@@ -304,4 +304,10 @@ def _lint(spec: FleetSpec, model_bytes: int | None, derived: dict[str, Derived])
     image = spec.kubernetes.image
     if "@sha256:" not in image and (":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")):
         out.append(f"image {image!r} is not pinned: use a version tag or a digest, never latest")
+    if image.rsplit("/", 1)[-1].startswith("vllm-openai"):
+        out.append(f"image {image!r} has no vllm-fleet in it: stage, prefetch and the drain hook need the image "
+                   "built from this project's Dockerfile (FROM that image)")  # fmt: skip
+    if spec.gateway.enabled and not spec.kubernetes.allowed_cidrs:
+        out.append("gateway.enabled but kubernetes.allowed_cidrs is empty: the NetworkPolicy keeps the load "
+                   "balancer's proxies out; add their range (GKE: the region's proxy-only subnet)")  # fmt: skip
     return tuple(out)

@@ -119,6 +119,8 @@ def test_startup_budget_uses_measured_bandwidth_and_override() -> None:
         ({"scaling": {"mode": "keda", "max_replicas": 4}}, "ReadWriteOnce cache with 4 replicas"),
         ({"kubernetes": {"image": "vllm/vllm-openai"}}, "is not pinned"),
         ({"kubernetes": {"image": "vllm/vllm-openai:latest"}}, "is not pinned"),
+        ({"kubernetes": {"image": "vllm/vllm-openai:v0.11.0"}}, "has no vllm-fleet in it"),
+        ({"gateway": {"enabled": True}}, "allowed_cidrs is empty"),
     ],
 )
 def test_lint_warnings(over: dict, warning: str) -> None:

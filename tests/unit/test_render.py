@@ -24,7 +24,7 @@ EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name != "qu
 CRDS = ROOT / "tests" / "data" / "crds"
 # The oldest version we promise (native sidecars are on by default from 1.29) and the newest the validator knows.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
-CUSTOM_KINDS = {"Gateway", "HTTPRoute", "PodMonitoring", "ServiceMonitor", "ScaledObject"}
+CUSTOM_KINDS = {"Gateway", "HTTPRoute", "PodMonitoring", "ServiceMonitor", "ScaledObject", "HealthCheckPolicy"}
 
 
 def _envs(path: Path) -> list[str | None]:
@@ -89,6 +89,7 @@ def test_examples_cover_every_custom_kind() -> None:
         ("PodMonitoring", lambda o: o["spec"]["endpoints"][0].update(scheme="http", bogus=True)),
         ("HTTPRoute", lambda o: o["spec"]["rules"][0]["matches"][0]["path"].update(type="Prefix")),
         ("Gateway", lambda o: o["spec"].pop("gatewayClassName")),
+        ("HealthCheckPolicy", lambda o: o["spec"]["default"]["config"].update(type="http")),
     ],
 )
 def test_validation_is_strict_enough_to_fail(kind: str, mutate) -> None:

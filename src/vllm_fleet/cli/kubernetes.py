@@ -24,7 +24,7 @@ def render(spec: str = SpecArg, env: str | None = EnvOpt, out: Path | None = Out
         objects = build(plan)
         written = write_dir(objects, out) if out else []
     for warning in plan.lint:
-        err_console.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False, soft_wrap=True)
+        err_console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
     if as_json:
         print_json({"objects": objects, "files": [str(p) for p in written], "lint": list(plan.lint)})
     elif out:

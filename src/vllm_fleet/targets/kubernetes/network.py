@@ -96,8 +96,25 @@ def gateway(plan: Plan) -> list[Obj]:
         "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
         "backendRefs": [{"name": plan.name, "port": plan.spec.kubernetes.port}],
     }]  # fmt: skip
-    return [
+    objects = [
         {"apiVersion": GATEWAY_API, "kind": "Gateway", "metadata": meta(plan, plan.name),
          "spec": {"gatewayClassName": gw.class_name, "listeners": [listener]}},
         {"apiVersion": GATEWAY_API, "kind": "HTTPRoute", "metadata": meta(plan, plan.name), "spec": route},
     ]  # fmt: skip
+    if plan.spec.kubernetes.platform == "gke":
+        objects.append(_gke_health_check(plan))
+    return objects
+
+
+def _gke_health_check(plan: Plan) -> Obj:
+    """GKE's Gateway health-checks `/` by default; vLLM answers 404 there, so every backend looks down."""
+    http = {"requestPath": "/health", "port": plan.spec.kubernetes.port}
+    return {
+        "apiVersion": "networking.gke.io/v1",
+        "kind": "HealthCheckPolicy",
+        "metadata": meta(plan, plan.name),
+        "spec": {
+            "default": {"config": {"type": "HTTP", "httpHealthCheck": http}},
+            "targetRef": {"group": "", "kind": "Service", "name": plan.name},
+        },
+    }
