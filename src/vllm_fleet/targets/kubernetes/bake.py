@@ -43,7 +43,9 @@ def bake(plan: Plan) -> Bake:
         f"PD=$(kubectl get pv \"$(kubectl -n {ns} get pvc {name} -o jsonpath='{{.spec.volumeName}}')\" "
         "-o jsonpath='{.spec.csi.volumeHandle}')",
         f"kubectl -n {ns} delete job/{name}  # detach the disk before imaging it",
-        f'gcloud compute images create {q(image)} --source-disk="$PD"',
+        # volumeHandle is projects/P/zones/Z/disks/D: gcloud wants the disk name and its zone apart.
+        f'gcloud compute images create {q(image)} --source-disk="${{PD##*/}}" '
+        '--source-disk-zone="$(echo "$PD" | cut -d/ -f4)"',
     ]
     for zone in st.zones:
         disk = f"{image}-{zone}"
