@@ -43,6 +43,8 @@ def _frame(title: str, x_label: str, y_label: str, x_max: float, y_max: float) -
 def _fmt(value: float) -> str:
     if value == 0:
         return "0"
+    if abs(value) >= 10000:
+        return f"{value / 1000:.3g}k"
     if abs(value) >= 100:
         return f"{value:.0f}"
     return f"{value:.3g}"
@@ -83,7 +85,12 @@ def histogram(title: str, unit: str, values: list[float], bins: int = 30) -> str
         parts.append(
             f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{H - BOTTOM}" stroke="{color}" stroke-dasharray="4 3"/>'
         )
-        parts.append(f'<text x="{x + 3:.1f}" y="{TOP + 12}" fill="{color}">p{q} {_fmt(v)}</text>')
+        right = x > W - RIGHT - 70  # near the right edge: label on the left of the line
+        anchor, dx = ("end", -3) if right else ("start", 3)
+        parts.append(
+            f'<text x="{x + dx:.1f}" y="{TOP + 12 + (14 if q == 99 else 0)}" text-anchor="{anchor}" fill="{color}">'
+            f"p{q} {_fmt(v)}</text>"
+        )
     return "".join([*parts, "</svg>"])
 
 

@@ -15,6 +15,7 @@ bound (the server is saturated) and says so.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import math
@@ -140,15 +141,21 @@ class Runner:
             for i in range(config.warmup):
                 warm = RequestResult(index=-1 - i, scheduled_s=0.0, warmup=True)
                 await self._one(warm, i % len(self.prompts))
+            # What exists now lives through the run: keep the collector's full passes (ms pauses) off it.
+            gc.freeze()
+            self.finished = 0
             self._t0 = time.perf_counter()
             await self._scrape()
             watcher = asyncio.create_task(self._watch())
-            if config.closed_loop:
-                await self._fixed_concurrency()
-            else:
-                await self._open_loop()
+            try:
+                if config.closed_loop:
+                    await self._fixed_concurrency()
+                else:
+                    await self._open_loop()
+            finally:
+                gc.unfreeze()
+                watcher.cancel()
             duration = time.perf_counter() - self._t0
-            watcher.cancel()
             # vLLM counts a request's tokens just after it streams the last chunk: let the counters settle.
             await asyncio.sleep(_SETTLE_S)
             await self._scrape()
@@ -258,7 +265,7 @@ class Runner:
             elapsed = time.perf_counter() - self._t0
             if self.on_progress:
                 self.on_progress(self.finished, self.config.num_prompts, elapsed)
-            backlog.append(len(self.results) - sum(1 for r in self.results if r.e2el_s or r.error_kind))
+            backlog.append(len(self.results) - self.finished)
             if not self.config.closed_loop and _saturated(backlog):
                 rate = self.config.request_rate
                 self.stopped_early = (
