@@ -72,14 +72,20 @@ def test_kill_9_at_random_points_never_publishes_a_corrupt_model(origin: Origin,
             assert cache.is_complete(dest)
             shutil.rmtree(dest)
             continue
-        time.sleep(rng.uniform(0.15, 1.2))
+        if rng.random() < 0.25:
+            time.sleep(rng.uniform(0.05, 0.8))  # while starting, listing, taking the lease
+        else:  # while ranges are in flight, or verifying and publishing: whatever the machine's load
+            deadline = time.monotonic() + 30
+            while process.poll() is None and not list(dest.rglob("*.partial")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.5))
         process.send_signal(signal.SIGKILL)
         process.wait(10)
         process.stdout.close()
         kills += 1
         mid_transfer += bool(list(dest.rglob("*.partial")))
         published_files_are_intact(dest)
-    assert mid_transfer >= 5, "the kills should land while ranges are in flight"
+    assert mid_transfer >= 5, f"only {mid_transfer} of {kills} kills landed while ranges were in flight"
     final = start(origin.url + "/m/", dest)
     assert final.wait(60) == 0
     final.stdout.close()

@@ -3,7 +3,7 @@
 The listing (``/api/models/{repo}/revision/{rev}?blobs=true``) resolves the
 revision to a commit and gives each file's size, its LFS SHA-256 or its git
 blob id. Files are then read from ``/{repo}/resolve/{commit}/{path}``, pinned
-to that commit; LFS files redirect to a CDN, which httpx follows (and drops
+to that commit; LFS files redirect to a CDN, which aiohttp follows (and drops
 the Authorization header on the way to another host). HF_ENDPOINT and the
 standard token places (HF_TOKEN, HF_TOKEN_PATH, $HF_HOME/token) are honoured;
 the token is never shown, not even in part.

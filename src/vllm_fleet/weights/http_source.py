@@ -1,9 +1,12 @@
 """Ranged reads over HTTP, shared by every remote source, and the plain http(s):// source.
 
-One transport (httpx.AsyncClient) serves http(s), S3 (presigned URLs), GCS and the
-Hugging Face resolve protocol: each source only says which URL and headers
+One transport (an aiohttp session) serves http(s), S3 (presigned URLs), GCS and
+the Hugging Face resolve protocol: each source only says which URL and headers
 fetch a file. Status codes become FleetErrors here, once; transient failures
-become ``Retryable`` so the transfer retries the range.
+become ``Retryable`` so the transfer retries the range. aiohttp rather than
+httpx for the byte path: on a 2-core machine it spent 4x less CPU per GB
+(256 MiB in 16 ranges from nginx: 0.3 s vs 1.1 s user time), and CPU, not the
+network, capped a stager there.
 
 A directory over plain HTTP is an URI ending in ``/`` with an ``index.txt`` in it:
 one relative path per line, or ``sha256sum`` lines (``<sha256>  <path>``) to have
@@ -13,11 +16,14 @@ each file verified.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 
 from vllm_fleet.errors import SourceError, SourceForbidden, SourceNotFound
 from vllm_fleet.weights.cache import check_name
@@ -25,12 +31,29 @@ from vllm_fleet.weights.sources import Retryable, SourceFile, SourceOptions
 
 INDEX = "index.txt"
 LIST_ATTEMPTS = 4
+READ_CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _SHA256_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(.+)$")
 
 
 def normalize_etag(etag: str | None) -> str | None:
     return etag.removeprefix("W/").strip('"') if etag else None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A small response read whole (listings, HEAD)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 class HttpTransport:
@@ -41,24 +64,25 @@ class HttpTransport:
 
     def __init__(self, options: SourceOptions):
         self.options = options
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created on first use, inside the running event loop
             stall = self.options.stall_timeout
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(stall, pool=None),  # read timeout = the stall timeout: no byte for that long
-                limits=httpx.Limits(max_connections=self.options.concurrency + 4, max_keepalive_connections=None),
-                follow_redirects=True,
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.options.concurrency + 4, limit_per_host=0),
+                # no byte for `stall` seconds (or no connection): the read is abandoned and retried
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=stall, sock_read=stall),
+                auto_decompress=False,
                 headers={"Accept-Encoding": "identity"},  # byte ranges of the stored object, never re-encoded
                 trust_env=False,
             )
-        return self._client
+        return self._session
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def identity(self) -> str:
         """Who the requests were made as, for a 401/403 message (never a secret)."""
@@ -68,22 +92,21 @@ class HttpTransport:
         """URL and headers of a GET for ``file``."""
         raise NotImplementedError
 
-    async def request(self, method: str, url: str, what: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    async def request(self, method: str, url: str, what: str, headers: dict[str, str] | None = None) -> Reply:
         """A small request (listing, HEAD) with retries; the body is read."""
         for attempt in range(LIST_ATTEMPTS):
             try:
-                response = await self.client.request(method, url, headers=headers)
-                self.check(response, what)
-                return response
-            except (Retryable, httpx.TransportError) as exc:
+                async with self.session.request(method, url, headers=headers, allow_redirects=True) as response:
+                    self.check(response.status, what)
+                    return Reply(response.status, response.headers, await response.read())
+            except (Retryable, aiohttp.ClientError, TimeoutError) as exc:
                 if attempt == LIST_ATTEMPTS - 1:
                     raise SourceError(f"{what}: {describe(exc)}", fix="check the source URL and the network") from exc
                 await asyncio.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def check(self, response: httpx.Response, what: str) -> None:
+    def check(self, code: int, what: str) -> None:
         """Map a status code to the error a person can act on."""
-        code = response.status_code
         if code < 300:
             return
         if code in (404, 410):
@@ -104,10 +127,10 @@ class HttpTransport:
         headers = {**headers, "Range": f"bytes={start}-{end - 1}"}
         remaining = end - start
         try:
-            async with self.client.stream("GET", url, headers=headers) as response:
-                self.check(response, file.path)
+            async with self.session.get(url, headers=headers) as response:
+                self.check(response.status, file.path)
                 skip = self._check_range(response, file, start)
-                async for chunk in response.aiter_raw():
+                async for chunk in response.content.iter_chunked(READ_CHUNK):
                     if skip:  # a server that ignores Range answers 200 with the whole object
                         cut = min(skip, len(chunk))
                         chunk, skip = chunk[cut:], skip - cut
@@ -117,16 +140,16 @@ class HttpTransport:
                         yield chunk
                     if not remaining:
                         return
-        except httpx.TransportError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise Retryable(describe(exc)) from exc
         raise Retryable(f"the response ended {remaining} bytes short (truncated object?)")
 
-    def _check_range(self, response: httpx.Response, file: SourceFile, start: int) -> int:
+    def _check_range(self, response: aiohttp.ClientResponse, file: SourceFile, start: int) -> int:
         """Bytes to skip before ``start``; raises when the object is not the one listed."""
         etag = normalize_etag(response.headers.get("etag"))
         if file.etag and etag and etag != normalize_etag(file.etag):
             raise SourceError(f"{file.path}: the source changed during the transfer (ETag)", fix="re-run the stage")
-        if response.status_code != 206:
+        if response.status != 206:
             return start
         match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", ""))
         if not match or int(match[1]) != start:
@@ -140,9 +163,11 @@ class HttpTransport:
 
 
 def describe(exc: BaseException) -> str:
-    """A short cause for a transport error (httpx timeouts have empty messages)."""
-    if isinstance(exc, httpx.TimeoutException):
+    """A short cause for a transport error (timeouts have empty messages)."""
+    if isinstance(exc, TimeoutError):
         return "no data within the stall timeout"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the connection closed before the range was complete (dropped, or a truncated object)"
     return str(exc) or type(exc).__name__
 
 
