@@ -4,9 +4,10 @@ Token lengths use the model's own tokenizer when one is on this machine (a
 directory with ``tokenizer.json`` and ``transformers`` installed). Otherwise
 they use a documented approximation: prompts are built from short common
 English words that byte-pair tokenizers (Llama, GPT, SmolLM2) keep as one
-token each when preceded by a space, so N words are about N tokens (measured
-with SmolLM2: within a few per cent). The server's usage counts, not these
-estimates, are what the report uses whenever the server sends them.
+token each when preceded by a space, so N words are about N tokens (with
+SmolLM2's tokenizer each of the words is exactly one token: 1,024 words, 1,024
+tokens). The server's usage counts, not these estimates, are what the report
+uses whenever the server sends them.
 """
 
 from __future__ import annotations

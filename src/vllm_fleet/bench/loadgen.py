@@ -21,8 +21,9 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -31,6 +32,7 @@ from vllm_fleet.bench.metrics import RequestResult
 from vllm_fleet.bench.scrape import ServerMetrics, parse_prometheus
 from vllm_fleet.bench.sse import DONE, SSEDecoder
 
+T = TypeVar("T")
 _HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 # Saturation: the backlog (sent, not finished) rose at each of the last N checks and doubled.
 _SATURATION_CHECKS = 5
@@ -167,7 +169,7 @@ class Runner:
         slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
         tasks = []
         for index, at in enumerate(times):
-            await _sleep_until(self._t0 + at)
+            await sleep_until(self._t0 + at)
             if self._stop.is_set():
                 break
             result = RequestResult(index=index, scheduled_s=at)
@@ -321,7 +323,7 @@ def split_gaps(chunks: list[tuple[float, str]], output_tokens: int) -> list[floa
     return gaps
 
 
-async def _sleep_until(deadline: float) -> None:
+async def sleep_until(deadline: float) -> None:
     """Sleep to ``deadline`` (perf_counter): the loop's timer wakes up to 1 ms late, so the last ms yields."""
     delay = deadline - time.perf_counter()
     if delay > _SPIN_S:
@@ -344,11 +346,15 @@ def run(
     counter: TokenCounter,
     on_progress: Callable[[int, int | None, float], None] | None = None,
 ) -> RunResult:
-    """Run once, synchronously (the CLI's one entry into the event loop); uvloop when installed."""
-    runner = Runner(config, prompts, counter, on_progress)
+    """Run once, synchronously (the CLI's one entry into the event loop)."""
+    return run_async(Runner(config, prompts, counter, on_progress).run())
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(runner.run())
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop_runner:
-        return loop_runner.run(runner.run())
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)

@@ -18,7 +18,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from vllm_fleet.errors import SpecError
@@ -160,7 +160,3 @@ def summarize(results: list[RequestResult], duration_s: float, slo: SLO | None =
         summary["slo"] = slo.text
         summary["slo_met"] = slo.met_by(summary)
     return summary
-
-
-def to_dict(result: RequestResult) -> dict[str, Any]:
-    return asdict(result)
