@@ -199,3 +199,10 @@ def test_search_finds_the_knee_and_recommends_an_hpa_target(serial: str, tmp_pat
     assert result["recommend_hpa"]["metric"] == "vllm:num_requests_waiting"
     assert result["recommend_hpa"]["target"] is not None
     assert "Throughput vs request rate" in (tmp_path / "sweep.html").read_text()
+
+
+def test_nothing_answering_exits_1_with_the_error_kind():
+    out = bench(f"http://127.0.0.1:{_free_port()}", "--model", "m", "--num-prompts", "3", "--json")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["errors"] == {"connection: ClientConnectorError": 3}
+    assert "no request succeeded" in out.stderr

@@ -57,7 +57,7 @@ def measure(config: LoadConfig, prompts: list[Prompt], counter: TokenCounter, sl
     run = loadgen.run(config, prompts, counter, progress)
     summary = summarize(run.results, run.duration_s, slo)
     summary |= {
-        "request_rate": config.request_rate,
+        "request_rate": config.request_rate if math.isfinite(config.request_rate) else "inf",  # as vLLM writes it
         "burstiness": config.burstiness,
         "max_concurrency": config.max_concurrency,
         "achieved_request_rate": _achieved_rate(run),

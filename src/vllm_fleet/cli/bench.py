@@ -105,6 +105,10 @@ def bench(
         print_json(result.to_dict())
     else:
         _print(result)
+    if not any(p.summary["completed"] for p in result.points):
+        errors_seen = {k: v for p in result.points for k, v in p.summary["errors"].items()}
+        err_console.print(f"[bold red]error:[/] no request succeeded at {result.url} ({errors_seen})")
+        raise typer.Exit(1)
     if slo_obj is not None and not any(p.passed(slo_obj) for p in result.points):
         raise typer.Exit(1)
 
@@ -137,7 +141,10 @@ def _run(config, prompts, counter, rates, slo, search: bool, quiet: bool):
             line = f"{_rate(point.rate)}: {point.summary['request_throughput']:.2f} req/s done, " + (
                 f"p95 TTFT {point.summary['p95_ttft_ms']:.0f} ms, p95 E2E {point.summary['p95_e2el_ms']:.0f} ms"
             )
-            progress.console.print(line + (f" [red]{point.run.stopped_early}[/]" if point.run.stopped_early else ""))
+            if not quiet:
+                progress.console.print(
+                    line + (f" [red]{point.run.stopped_early}[/]" if point.run.stopped_early else "")
+                )
 
         return sweep.sweep(config, prompts, counter, rates, slo, search, on_point=on_point, progress=on_progress)
 
