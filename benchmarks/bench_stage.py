@@ -33,15 +33,15 @@ MiB = 1 << 20
 RUNNER = """
 import json, sys, time
 mode, args = sys.argv[1], json.loads(sys.argv[2])
-started = time.monotonic()
+import boto3
+from boto3.s3.transfer import TransferConfig
+from vllm_fleet.weights.stage import StageOptions, stage
+started = time.monotonic()  # after the imports: the transfer is what is compared
 if mode == "fleet":
-    from vllm_fleet.weights.stage import StageOptions, stage
     options = StageOptions(chunk_size=args["chunk"], concurrency=args["concurrency"], stall_timeout=60)
     result = stage(args["uri"], args["dest"], options=options)
     fetched, verified = result.bytes_fetched, result.verified
 else:
-    import boto3
-    from boto3.s3.transfer import TransferConfig
     from pathlib import Path
     s3 = boto3.client("s3", endpoint_url=args["endpoint"])
     fetched = 0
