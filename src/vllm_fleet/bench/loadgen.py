@@ -120,7 +120,10 @@ class Runner:
         on_progress: Callable[[int, int | None, float], None] | None = None,
     ):
         self.config = config
-        self.prompts = prompts
+        # Warm-up prompts of their own: reusing a measured one would hand it a prefix-cache hit.
+        warm = [Prompt(f"Warm-up request {i}.", 4, prompts[0].output_len) for i in range(config.warmup)]
+        self.measured_prompts = len(prompts)
+        self.prompts = prompts + warm
         self.counter = counter
         self.on_progress = on_progress
         self.results: list[RequestResult] = []
@@ -129,7 +132,7 @@ class Runner:
         self.stopped_early = ""
         self._stop = asyncio.Event()
         self._t0 = 0.0
-        self._bodies = [request_body(config, p) for p in prompts]
+        self._bodies = [request_body(config, p) for p in self.prompts]
 
     async def run(self) -> RunResult:
         """Warm up, run, scrape, return the raw results."""
@@ -142,7 +145,7 @@ class Runner:
             self._post_url = config.url.rstrip("/") + config.endpoint
             for i in range(config.warmup):
                 warm = RequestResult(index=-1 - i, scheduled_s=0.0, warmup=True)
-                await self._one(warm, i % len(self.prompts))
+                await self._one(warm, self.measured_prompts + i)
             # What exists now lives through the run: keep the collector's full passes (ms pauses) off it.
             gc.freeze()
             self.finished = 0
@@ -174,7 +177,7 @@ class Runner:
                 break
             result = RequestResult(index=index, scheduled_s=at)
             self.results.append(result)
-            tasks.append(asyncio.create_task(self._slotted(result, index % len(self.prompts), slots)))
+            tasks.append(asyncio.create_task(self._slotted(result, index % self.measured_prompts, slots)))
         if self._stop.is_set():
             for task in tasks:
                 task.cancel()
@@ -201,7 +204,7 @@ class Runner:
                 index = len(self.results)
                 result = RequestResult(index=index, scheduled_s=time.perf_counter() - self._t0)
                 self.results.append(result)
-                await self._one(result, index % len(self.prompts))
+                await self._one(result, index % self.measured_prompts)
 
         await asyncio.gather(*(worker() for _ in range(config.max_concurrency or 1)))
 
