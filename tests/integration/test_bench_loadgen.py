@@ -38,10 +38,9 @@ def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, "bench", *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def yardstick() -> Iterator[str]:
+def _yardstick(*args: str) -> Iterator[str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "yardstick.py"), "--port", str(port)])
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "yardstick.py"), "--port", str(port), *args])
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -54,6 +53,17 @@ def yardstick() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait()
+
+
+@pytest.fixture(scope="module")
+def yardstick() -> Iterator[str]:
+    yield from _yardstick()
+
+
+@pytest.fixture(scope="module")
+def dripping() -> Iterator[str]:
+    """A yardstick that spaces its tokens 20 ms apart."""
+    yield from _yardstick("--itl-ms", "20")
 
 
 def _served(url: str) -> int:
@@ -206,3 +216,13 @@ def test_nothing_answering_exits_1_with_the_error_kind():
     assert out.returncode == 1
     assert json.loads(out.stdout)["errors"] == {"connection: ClientConnectorError": 3}
     assert "no request succeeded" in out.stderr
+
+
+def test_token_timing_matches_a_server_with_known_gaps(dripping: str):
+    out = bench(dripping, "--num-prompts", "10", "--max-concurrency", "2", "--random-output-len", "6", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["total_output_tokens"] == 60
+    assert 18 <= summary["median_itl_ms"] <= 40 and 18 <= summary["median_tpot_ms"] <= 40  # 20 ms apart
+    assert summary["median_ttft_ms"] < 18  # the first token is sent at once
+    assert 100 <= summary["median_e2el_ms"] <= 200  # 5 gaps of 20 ms

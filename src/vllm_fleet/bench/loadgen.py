@@ -210,13 +210,13 @@ class Runner:
 
     async def _one(self, result: RequestResult, prompt_index: int) -> None:
         """Send one request and fill ``result``; every failure becomes an error kind, never an exception."""
-        prompt = self.prompts[prompt_index]
+        prompt, body = self.prompts[prompt_index], self._bodies[prompt_index]
         chunks: list[tuple[float, str]] = []
         usage: dict = {}
         sent = time.perf_counter()
         result.sent_s = sent - self._t0
         try:
-            async with self._session.post(self._post_url, data=self._bodies[prompt_index]) as resp:
+            async with self._session.post(self._post_url, data=body) as resp:
                 if resp.status != 200:
                     result.error_kind = f"http {resp.status}"
                     result.error = (await resp.text())[:200]
