@@ -37,7 +37,8 @@ class GcsSource(HttpTransport):
         emulator = os.environ.get("STORAGE_EMULATOR_HOST")
         self.base = (emulator if "://" in (emulator or "") else f"http://{emulator}") if emulator else None
         self.base = (self.base or "https://storage.googleapis.com").rstrip("/")
-        self._credentials: Any = None if emulator else self._load_credentials()
+        self._emulator = bool(emulator)
+        self._credentials: Any = None  # loaded on first request, off the event loop (it may ask a metadata server)
         self._generations: dict[str, str] = {}
 
     @staticmethod
@@ -58,13 +59,15 @@ class GcsSource(HttpTransport):
 
     def identity(self) -> str:
         if self._credentials is None:
-            return "no credentials (emulator)"
+            return "no credentials (emulator)" if self._emulator else "no credentials"
         email = getattr(self._credentials, "service_account_email", None)
         return f"service account {email}" if email else f"{type(self._credentials).__name__} credentials"
 
     async def _headers(self) -> dict[str, str]:
-        if self._credentials is None:
+        if self._emulator:
             return {}
+        if self._credentials is None:
+            self._credentials = await asyncio.to_thread(self._load_credentials)
         if not self._credentials.valid:
             import google.auth.transport.requests
 
