@@ -227,3 +227,24 @@ def test_nginx_origin(tmp_path: Path) -> None:
         result = stage(f"{nginx.url}/m/", tmp_path / "m", options=FAST)
     assert_same(tmp_path / "m", files)
     assert result.verified == {"sha256": 3}
+
+
+def test_cli_stage_json_summary_and_exit_codes(origin: Origin, tmp_path: Path) -> None:
+    import json
+    import sys
+
+    files = model_files()
+    uri = serve(origin, files)
+    command = [sys.executable, "-m", "vllm_fleet.cli", "stage", uri, str(tmp_path / "m"), "--chunk-mib", "1", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (
+        summary["files"] == 3 and summary["bytes_fetched"] == summary["bytes"] and summary["verified"] == {"sha256": 3}
+    )
+    assert {"seconds", "gb_per_s", "retries", "skipped"} <= summary.keys()
+    assert_same(tmp_path / "m", files)
+    missing = subprocess.run(
+        [*command[:4], origin.url + "/absent/", str(tmp_path / "x")], capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and "not found" in missing.stderr and "Traceback" not in missing.stderr
