@@ -49,20 +49,29 @@ def up(
                 table.add_row(str(i), plan.endpoints[i], "[green]healthy[/]" if text == "healthy" else text)
             return table
 
-        with Live(view(), console=console, refresh_per_second=4, transient=False, auto_refresh=not as_json) as live:
+        with nullcontext() if as_json else Live(view(), console=console, refresh_per_second=4) as live:
 
             def progress(i: int, text: str) -> None:
                 states[i] = text
-                if not as_json:
+                if live:
                     live.update(view())
 
-            replicas = local.start(plan, progress)
+            started = local.start(plan, progress)
+        replicas = started.replicas
         reports = [] if skip_verify else run_verify([r.url for r in replicas], **settings_from_plan(plan))
     passed = all(r.passed for r in reports)
     if as_json:
         print_json({"endpoints": [r.url for r in replicas], "verified": passed and not skip_verify,
+                    "prefetch": started.prefetch.to_dict() if started.prefetch else None,
                     "verify": [r.to_dict() for r in reports]})  # fmt: skip
     else:
+        if started.prefetch:
+            p = started.prefetch
+            console.print(
+                f"prefetch: {p.bytes_read / 1e6:.0f} MB read into the page cache in {p.seconds:.1f} s "
+                f"({p.gbps:.2f} GB/s, {p.bytes_cached_before / 1e6:.0f} MB were cached already)"
+                + (f"; stopped: {p.stopped}" if p.stopped else "")
+            )
         print_reports(reports)
         for r in replicas:
             console.print(f"endpoint: {r.url}/v1  (model {plan.served_name!r}, log {r.log})")

@@ -25,6 +25,7 @@ from vllm_fleet import engine
 from vllm_fleet.errors import EngineError, TargetError
 from vllm_fleet.plan import Plan
 from vllm_fleet.weights import cache
+from vllm_fleet.weights.prefetch import PrefetchResult, start_prefetch
 
 STATE = "state.json"
 LOG_TAIL_LINES = 25
@@ -40,6 +41,14 @@ class Replica:
     port: int
     url: str
     log: str
+
+
+@dataclass(frozen=True)
+class Started:
+    """What `start` brought up, and what the prefetch beside it did (None when off)."""
+
+    replicas: list[Replica]
+    prefetch: PrefetchResult | None
 
 
 @dataclass(frozen=True)
@@ -71,8 +80,12 @@ def ensure_not_running(plan: Plan) -> None:
         )
 
 
-def start(plan: Plan, progress: Progress | None = None) -> list[Replica]:
-    """Start every replica and wait until each answers /health; on any failure stop them all."""
+def start(plan: Plan, progress: Progress | None = None) -> Started:
+    """Start every replica and wait until each answers /health; on any failure stop them all.
+
+    With ``local.prefetch`` the weights are read into the page cache while vLLM starts,
+    so its loader finds them in memory (issue 6).
+    """
     ensure_not_running(plan)
     engine.installed_engine()
     if not cache.is_complete(plan.model_dir):
@@ -85,6 +98,7 @@ def start(plan: Plan, progress: Progress | None = None) -> list[Replica]:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     replicas: list[Replica] = []
     procs: list[subprocess.Popen] = []
+    warming = start_prefetch(plan.model_dir) if plan.spec.local.prefetch else None
     try:
         for index, port in enumerate(plan.ports):
             log = plan.run_dir / f"replica-{index}.log"
@@ -93,11 +107,14 @@ def start(plan: Plan, progress: Progress | None = None) -> list[Replica]:
             replicas.append(Replica(index, proc.pid, port, plan.endpoints[index], str(log)))
             _write_state(plan, replicas)
         _wait_healthy(plan, replicas, procs, progress)
-        return replicas
     except BaseException:
         _stop_all(replicas)
         (plan.run_dir / STATE).unlink(missing_ok=True)
         raise
+    finally:
+        if warming:
+            warming.stop()  # the engine has its weights (or failed): nothing left to warm
+    return Started(replicas, warming.wait() if warming else None)
 
 
 def stop(plan: Plan) -> list[Replica]:
