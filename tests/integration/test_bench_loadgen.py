@@ -160,6 +160,7 @@ def test_open_loop_counts_every_token_and_writes_csv_and_html(yardstick: str, tm
     assert (summary["completed"], summary["failed"], summary["total_output_tokens"]) == (60, 0, 360)
     assert summary["token_source"] == "server usage" and summary["model"] == "yardstick"
     assert summary["request_rate"] == 200 and 0 < summary["p99_ttft_ms"] <= summary["p99_e2el_ms"]
+    assert summary["achieved_request_rate"] == pytest.approx(summary["scheduled_request_rate"], rel=0.05)
     assert summary["mean_itl_ms"] >= 0 and summary["mean_tpot_ms"] >= 0  # one write: gaps near 0
     assert _served(yardstick) - before == 61  # one warm-up request, not measured
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))

@@ -117,9 +117,7 @@ def lines(
             parts.extend(
                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in (point(a, b) for a, b in values)
             )
-        parts.append(
-            f'<text x="{W - RIGHT - 4}" y="{TOP + 14 + 14 * i}" text-anchor="end" fill="{color}">{escape(name)}</text>'
-        )
+        parts.append(f'<text x="{LEFT + 6}" y="{TOP + 14 + 14 * i}" fill="{color}">{escape(name)}</text>')
     if limit:
         _, y = point(0, limit[1])
         parts.append(

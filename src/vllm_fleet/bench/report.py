@@ -13,7 +13,7 @@ from vllm_fleet.bench.sweep import BenchReport, Point
 
 TABLE_KEYS = (
     ("request rate (req/s)", "request_rate"),
-    ("achieved rate (req/s)", "achieved_request_rate"),
+    ("sent / scheduled rate (req/s)", ("achieved_request_rate", "scheduled_request_rate")),
     ("completed", "completed"),
     ("failed", "failed"),
     ("request throughput (req/s)", "request_throughput"),

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from vllm_fleet.bench import loadgen
 from vllm_fleet.bench.datasets import Prompt, TokenCounter
 from vllm_fleet.bench.loadgen import LoadConfig, RunResult
-from vllm_fleet.bench.metrics import SLO, summarize
+from vllm_fleet.bench.metrics import SLO, RequestResult, summarize
 
 SEARCH_DOUBLINGS = 8
 
@@ -60,7 +60,8 @@ def measure(config: LoadConfig, prompts: list[Prompt], counter: TokenCounter, sl
         "request_rate": config.request_rate if math.isfinite(config.request_rate) else "inf",  # as vLLM writes it
         "burstiness": config.burstiness,
         "max_concurrency": config.max_concurrency,
-        "achieved_request_rate": _achieved_rate(run),
+        "achieved_request_rate": _rate_of(r.sent_s for r in _sent(run)),
+        "scheduled_request_rate": _rate_of(r.scheduled_s for r in _sent(run)),
         "stopped_early": run.stopped_early,
     }
     return Point(run, summary | run.server.summary())
@@ -135,9 +136,13 @@ def recommend_hpa(points: list[Point], slo: SLO | None) -> dict[str, Any]:
     }
 
 
-def _achieved_rate(run: RunResult) -> float:
-    """Requests sent per second over the sending window (what the schedule asked for, as the client kept it)."""
-    sent = sorted(r.sent_s for r in run.results if not r.warmup and (r.e2el_s or r.error_kind))
-    if len(sent) < 2 or sent[-1] <= sent[0]:
+def _sent(run: RunResult) -> list[RequestResult]:
+    return [r for r in run.results if not r.warmup and (r.e2el_s or r.error_kind)]
+
+
+def _rate_of(times: Iterable[float]) -> float:
+    """Events per second over the window they span (a Poisson schedule's drawn rate differs from the asked one)."""
+    ordered = sorted(times)
+    if len(ordered) < 2 or ordered[-1] <= ordered[0]:
         return 0.0
-    return (len(sent) - 1) / (sent[-1] - sent[0])
+    return (len(ordered) - 1) / (ordered[-1] - ordered[0])

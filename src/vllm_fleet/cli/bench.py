@@ -47,6 +47,8 @@ def bench(
     with errors():
         url, spec_model, spec_tokenizer = _target(target, env)
         rates = _rates(request_rate)
+        if search and rates == [math.inf]:
+            rates = [1.0]  # the search starts low and doubles
         slo_obj = metrics.parse_slo(slo) if slo else None
         if (search or recommend_hpa) and slo_obj is None:
             from vllm_fleet.errors import SpecError
