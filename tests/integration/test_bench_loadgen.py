@@ -227,3 +227,12 @@ def test_token_timing_matches_a_server_with_known_gaps(dripping: str):
     assert 18 <= summary["median_itl_ms"] <= 40 and 18 <= summary["median_tpot_ms"] <= 40  # 20 ms apart
     assert summary["median_ttft_ms"] < 18  # the first token is sent at once
     assert 100 <= summary["median_e2el_ms"] <= 200  # 5 gaps of 20 ms
+
+
+def test_worker_processes_merge_raw_samples(yardstick: str):
+    before = _served(yardstick)
+    out = bench(yardstick, "--workers", "2", "--num-prompts", "41", "--request-rate", "100", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert (summary["completed"], summary["failed"], summary["settings"]["workers"]) == (41, 0, 2)
+    assert _served(yardstick) - before == 43  # 41 measured, one warm-up per process

@@ -90,3 +90,21 @@ def test_burstiness_below_one_is_burstier_and_duration_bounds_the_schedule():
 
 def test_infinite_rate_sends_everything_at_once():
     assert send_times(LoadConfig(url="x", model="m", request_rate=math.inf), 3) == [0.0, 0.0, 0.0]
+
+
+def test_worker_shares_add_up_and_merge_renumbers():
+    from vllm_fleet.bench.loadgen import RunResult
+    from vllm_fleet.bench.scrape import ServerMetrics
+    from vllm_fleet.bench.workers import merge, share
+
+    config = LoadConfig(url="http://x", model="m", request_rate=90.0, num_prompts=10, max_concurrency=5)
+    shares = [share(config, i, 3) for i in range(3)]
+    assert [s.num_prompts for s in shares] == [4, 3, 3] and sum(s.request_rate for s in shares) == 90.0
+    assert [s.scrape_metrics for s in shares] == [True, False, False] and len({s.seed for s in shares}) == 3
+    runs = [
+        RunResult(30.0, [RequestResult(index=0, scheduled_s=t) for t in times], d, ServerMetrics())
+        for times, d in (([0.2, 0.0], 1.0), ([0.1], 2.0))
+    ]
+    merged = merge(config, runs, workers=3)
+    assert [(r.index, r.scheduled_s) for r in merged.results] == [(0, 0.0), (1, 0.1), (2, 0.2)]
+    assert merged.duration_s == 2.0 and "only 2 of 3" in merged.stopped_early

@@ -59,6 +59,8 @@ class LoadConfig:
     seed: int = 0
     timeout_s: float = 600.0
     scrape_interval_s: float = 1.0
+    scrape_metrics: bool = True
+    workers: int = 1
     api_key: str | None = field(default=None, repr=False)
 
     @property
@@ -118,8 +120,10 @@ class Runner:
         prompts: list[Prompt],
         counter: TokenCounter,
         on_progress: Callable[[int, int | None, float], None] | None = None,
+        before_start: Callable[[], object] | None = None,
     ):
         self.config = config
+        self.before_start = before_start
         # Warm-up prompts of their own: reusing a measured one would hand it a prefix-cache hit.
         warm = [Prompt(f"Warm-up request {i}.", 4, prompts[0].output_len) for i in range(config.warmup)]
         self.measured_prompts = len(prompts)
@@ -146,6 +150,8 @@ class Runner:
             for i in range(config.warmup):
                 warm = RequestResult(index=-1 - i, scheduled_s=0.0, warmup=True)
                 await self._one(warm, self.measured_prompts + i)
+            if self.before_start is not None:  # e.g. every worker process warmed up: start together
+                await asyncio.to_thread(self.before_start)
             # What exists now lives through the run: keep the collector's full passes (ms pauses) off it.
             gc.freeze()
             self.finished = 0
@@ -282,6 +288,8 @@ class Runner:
                 return
 
     async def _scrape(self) -> None:
+        if not self.config.scrape_metrics:
+            return
         try:
             async with self._session.get(self.config.url.rstrip("/") + "/metrics") as resp:
                 if resp.status == 200:
@@ -349,7 +357,11 @@ def run(
     counter: TokenCounter,
     on_progress: Callable[[int, int | None, float], None] | None = None,
 ) -> RunResult:
-    """Run once, synchronously (the CLI's one entry into the event loop)."""
+    """Run once, synchronously (the CLI's one entry into the event loop), in ``config.workers`` processes if > 1."""
+    if config.workers > 1:
+        from vllm_fleet.bench.workers import run_parallel
+
+        return run_parallel(config, prompts, counter, config.workers)
     return run_async(Runner(config, prompts, counter, on_progress).run())
 
 

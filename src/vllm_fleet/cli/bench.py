@@ -37,6 +37,7 @@ def bench(
     search: bool = typer.Option(False, help="Find the highest rate within --slo (doubling, then bisection)."),
     recommend_hpa: bool = typer.Option(False, help="From the sweep: num_requests_waiting at the SLO knee."),
     seed: int = typer.Option(0, help="Seed of prompts and arrival times."),
+    workers: int = typer.Option(1, min=1, help="Client processes (for rates one process cannot drive)."),
     csv: Path | None = typer.Option(None, "--csv", help="Write one row per request here."),
     html: Path | None = typer.Option(None, "--html", help="Write the HTML report (plots inline) here."),
     as_json: bool = JsonOpt,
@@ -80,6 +81,7 @@ def bench(
             warmup=warmup,
             ignore_eos=ignore_eos,
             seed=seed,
+            workers=workers,
         )
         settings = {
             "endpoint": endpoint,
@@ -88,6 +90,7 @@ def bench(
             "duration_s": duration,
             "max_concurrency": max_concurrency,
             "burstiness": burstiness,
+            "workers": workers,
             "input_len": random_input_len,
             "output_len": random_output_len,
             "ignore_eos": ignore_eos,
