@@ -35,16 +35,17 @@ def free_port() -> int:
 
 
 def write_spec(
-    directory: Path, model_dir: Path, *, name: str = "e2e", port: int | None = None, extra: str = ""
+    directory: Path, model_dir: Path, *, name: str = "e2e", port: int | None = None, engine: str = ""
 ) -> Path:
-    """A local spec serving ``model_dir`` with its cache under ``directory``."""
+    """A local spec serving ``model_dir`` with its cache under ``directory``; ``engine`` adds engine keys."""
     spec = directory / f"{name}.yaml"
     spec.write_text(
         f"name: {name}\n"
         f"model: {{source: {model_dir.as_uri()}, served_name: smollm2}}\n"
+        f"engine: {{dtype: float32{', ' + engine if engine else ''}}}\n"
         f"cache: {{dir: {directory / 'cache'}}}\n"
         f"local: {{base_port: {port or free_port()}, start_timeout_s: 600}}\n"
-        f"slo: {{requests: 5, p95_latency_s: 10}}\n" + extra
+        f"slo: {{requests: 5, p95_latency_s: 10}}\n"
     )
     return spec
 

@@ -51,7 +51,7 @@ def test_second_up_says_already_running(served: Served) -> None:
 
 
 def test_failed_start_shows_the_log_and_leaves_no_process(tmp_path: Path, demo_model: Path) -> None:
-    spec = write_spec(tmp_path, demo_model, name="broken", extra="engine: {extra_args: [--no-such-flag]}\n")
+    spec = write_spec(tmp_path, demo_model, name="broken", engine="extra_args: [--no-such-flag]")
     result = fleet("up", str(spec))
     assert result.returncode == 1
     assert "exited with code" in result.stderr
