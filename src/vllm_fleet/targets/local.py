@@ -22,10 +22,10 @@ from pathlib import Path
 import httpx
 
 from vllm_fleet import engine
-from vllm_fleet.errors import EngineError, TargetError
+from vllm_fleet.errors import EngineError, FleetError, TargetError
 from vllm_fleet.plan import Plan
 from vllm_fleet.weights import cache
-from vllm_fleet.weights.prefetch import PrefetchResult, start_prefetch
+from vllm_fleet.weights.prefetch import PrefetchHandle, PrefetchResult, start_prefetch
 
 STATE = "state.json"
 LOG_TAIL_LINES = 25
@@ -114,7 +114,15 @@ def start(plan: Plan, progress: Progress | None = None) -> Started:
     finally:
         if warming:
             warming.stop()  # the engine has its weights (or failed): nothing left to warm
-    return Started(replicas, warming.wait() if warming else None)
+    return Started(replicas, _prefetch_result(warming, plan) if warming else None)
+
+
+def _prefetch_result(warming: PrefetchHandle, plan: Plan) -> PrefetchResult:
+    """The prefetch's result; its failure is reported, never fatal (the engine reads the weights anyway)."""
+    try:
+        return warming.wait()
+    except FleetError as exc:
+        return PrefetchResult(str(plan.model_dir), 0, 0, 0, 0, 0.0, complete=False, stopped=exc.message)
 
 
 def stop(plan: Plan) -> list[Replica]:
