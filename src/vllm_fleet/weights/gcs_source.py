@@ -14,11 +14,11 @@ import asyncio
 import base64
 import os
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
-from vllm_fleet.errors import FleetError, SourceNotFound, SpecError
+from vllm_fleet.errors import FleetError, SourceNotFound
 from vllm_fleet.weights.http_source import HttpTransport
-from vllm_fleet.weights.sources import SourceFile, SourceOptions
+from vllm_fleet.weights.sources import SourceFile, SourceOptions, bucket_and_prefix
 
 INSTALL_HINT = "pip install 'vllm-fleet[gcs]'"
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
@@ -27,12 +27,7 @@ SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 class GcsSource(HttpTransport):
     def __init__(self, uri: str, options: SourceOptions):
         super().__init__(options)
-        parts = urlsplit(uri)
-        if not parts.netloc:
-            raise SpecError(f"no bucket in {uri!r}", fix="write gs://BUCKET/PREFIX")
-        self.bucket = parts.netloc
-        prefix = parts.path.lstrip("/")
-        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.bucket, self.prefix = bucket_and_prefix(uri)
         self.uri = f"gs://{self.bucket}/{self.prefix}"  # one spelling per model: the manifest compares it
         emulator = os.environ.get("STORAGE_EMULATOR_HOST")
         self.base = (emulator if "://" in (emulator or "") else f"http://{emulator}") if emulator else None

@@ -14,11 +14,10 @@ import asyncio
 import base64
 import os
 from typing import Any
-from urllib.parse import urlsplit
 
-from vllm_fleet.errors import FleetError, SourceError, SourceForbidden, SourceNotFound, SpecError
+from vllm_fleet.errors import FleetError, SourceError, SourceForbidden, SourceNotFound
 from vllm_fleet.weights.http_source import HttpTransport, normalize_etag
-from vllm_fleet.weights.sources import SourceFile, SourceOptions
+from vllm_fleet.weights.sources import SourceFile, SourceOptions, bucket_and_prefix
 
 INSTALL_HINT = "pip install 'vllm-fleet[s3]'"
 PRESIGN_SECONDS = 6 * 3600
@@ -27,12 +26,7 @@ PRESIGN_SECONDS = 6 * 3600
 class S3Source(HttpTransport):
     def __init__(self, uri: str, options: SourceOptions):
         super().__init__(options)
-        parts = urlsplit(uri)
-        if not parts.netloc:
-            raise SpecError(f"no bucket in {uri!r}", fix="write s3://BUCKET/PREFIX")
-        self.bucket = parts.netloc
-        prefix = parts.path.lstrip("/")
-        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.bucket, self.prefix = bucket_and_prefix(uri)
         self.uri = f"s3://{self.bucket}/{self.prefix}"  # one spelling per model: the manifest compares it
         self._s3: Any = None
         self._urls: dict[str, str] = {}

@@ -111,6 +111,15 @@ class FileSource:
         return None
 
 
+def bucket_and_prefix(uri: str) -> tuple[str, str]:
+    """``(bucket, prefix)`` of ``scheme://BUCKET/PREFIX``; the prefix is empty or ends in '/'."""
+    parsed = urlparse(uri)
+    if not parsed.netloc:
+        raise SpecError(f"no bucket in {uri!r}", fix=f"write {parsed.scheme}://BUCKET/PREFIX")
+    prefix = parsed.path.lstrip("/")
+    return parsed.netloc, prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
 def open_source(uri: str, options: SourceOptions | None = None) -> Source:
     """The Source for ``uri``; a plain path means file://. Cloud SDKs are imported only here, lazily."""
     options = options or SourceOptions()
