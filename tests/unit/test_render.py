@@ -87,6 +87,8 @@ def test_examples_cover_every_custom_kind() -> None:
         ("Service", lambda o: o["spec"]["ports"][0].update(port="eighty")),
         ("ScaledObject", lambda o: o["spec"].update(minReplicas=1)),
         ("PodMonitoring", lambda o: o["spec"]["endpoints"][0].update(scheme="http", bogus=True)),
+        ("PodMonitoring", lambda o: o["spec"]["endpoints"][0].pop("interval")),
+        ("ServiceMonitor", lambda o: o["spec"].pop("endpoints")),
         ("HTTPRoute", lambda o: o["spec"]["rules"][0]["matches"][0]["path"].update(type="Prefix")),
         ("Gateway", lambda o: o["spec"].pop("gatewayClassName")),
         ("HealthCheckPolicy", lambda o: o["spec"]["default"]["config"].update(type="http")),
