@@ -10,13 +10,13 @@ raises: each check returns a result with its error.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
 
+from vllm_fleet.bench.metrics import percentile
 from vllm_fleet.bench.sse import iter_events
 
 QUESTION = "What is the capital of France?"
@@ -52,13 +52,6 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"passed": self.passed, "failed_check": self.failed_check}
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 async def verify(
@@ -160,7 +153,7 @@ async def _latency(
         resp = await client.post("/v1/chat/completions", json=_chat_body(report, max_tokens, stream=False))
         resp.raise_for_status()
         latencies.append(time.perf_counter() - started)
-    p95 = percentile(latencies, 95)
+    p95 = percentile(sorted(latencies), 95)  # the same definition as `bench` reports
     report.p95_latency_s = round(p95, 3)
     verdict = "<=" if p95 <= slo_p95_s else ">"
     return Check("slo", p95 <= slo_p95_s, f"p95 {p95:.3f} s {verdict} SLO {slo_p95_s} s over {requests} requests")
