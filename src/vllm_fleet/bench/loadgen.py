@@ -7,9 +7,12 @@ Two load models:
   wait in the client, and that wait is reported apart from latency.
 - fixed concurrency (rate infinite with ``max_concurrency``): N workers, each
   sending its next request when the previous one ends.
-Bounds: a request count and/or a duration. Warm-up requests run first and are
-not measured. An open-loop run stops early when its backlog grows without
-bound (the server is saturated) and says so.
+Bounds: a request count and/or a duration. Warm-up requests run first, all at
+once (each leaves a keep-alive connection open for the run), and are not
+measured. A request counts as sent when its bytes are written to the socket;
+TTFT and E2E count from the call, the client's send path included. An
+open-loop run stops early when its backlog grows without bound (the server is
+saturated) and says so.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import aiohttp
@@ -144,12 +148,20 @@ class Runner:
         headers = dict(_HEADERS) | ({"Authorization": f"Bearer {config.api_key}"} if config.api_key else {})
         connector = aiohttp.TCPConnector(limit=0, force_close=False, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
+        written = aiohttp.TraceConfig()
+        written.on_request_chunk_sent.append(self._written)
+        async with aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers=headers,
+            trace_configs=[written],
+            cookie_jar=aiohttp.DummyCookieJar(),  # no per-request cookie filtering on the send path
+        ) as session:
             self._session = session
             self._post_url = config.url.rstrip("/") + config.endpoint
-            for i in range(config.warmup):
-                warm = RequestResult(index=-1 - i, scheduled_s=0.0, warmup=True)
-                await self._one(warm, self.measured_prompts + i)
+            # All at once: each leaves a keep-alive connection open, so the run does not pay for TCP connects.
+            warm = [RequestResult(index=-1 - i, scheduled_s=0.0, warmup=True) for i in range(config.warmup)]
+            await asyncio.gather(*(self._one(w, self.measured_prompts + i) for i, w in enumerate(warm)))
             if self.before_start is not None:  # e.g. every worker process warmed up: start together
                 await asyncio.to_thread(self.before_start)
             # What exists now lives through the run: keep the collector's full passes (ms pauses) off it.
@@ -219,10 +231,10 @@ class Runner:
         prompt, body = self.prompts[prompt_index], self._bodies[prompt_index]
         chunks: list[tuple[float, str]] = []
         usage: dict = {}
-        sent = time.perf_counter()
-        result.sent_s = sent - self._t0
+        sent = time.perf_counter()  # TTFT and E2E count from here, the client's own send path included
+        result.sent_s = sent - self._t0  # until _written sets when the bytes left
         try:
-            async with self._session.post(self._post_url, data=body) as resp:
+            async with self._session.post(self._post_url, data=body, trace_request_ctx=result) as resp:
                 if resp.status != 200:
                     result.error_kind = f"http {resp.status}"
                     result.error = (await resp.text())[:200]
@@ -249,6 +261,11 @@ class Runner:
         finally:
             self.finished += 1
         self._complete(result, prompt, sent, chunks, usage)
+
+    async def _written(self, _session: object, context: SimpleNamespace, _params: object) -> None:
+        """aiohttp trace hook: the request body (headers coalesced with it) was just written to the socket."""
+        if isinstance(context.trace_request_ctx, RequestResult):
+            context.trace_request_ctx.sent_s = time.perf_counter() - self._t0
 
     def _complete(
         self, result: RequestResult, prompt: Prompt, sent: float, chunks: list[tuple[float, str]], usage: dict

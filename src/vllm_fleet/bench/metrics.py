@@ -7,8 +7,9 @@ Definitions (as ``vllm bench serve``):
   flattered.
 - TPOT: per request, (E2E - TTFT) / (output tokens - 1).
 - E2E latency: from sending the request to the end of its stream.
-- Client queue: time a request waited in this client for a concurrency slot
-  after its scheduled send time. Reported on its own, never inside latency.
+- Client queue (send lag): from a request's scheduled send time until its
+  bytes were written to the socket: a wait for a concurrency slot plus this
+  client's own send path. Reported on its own, never inside latency.
 Percentiles are computed over raw samples (merged across workers, never averaged).
 """
 
