@@ -22,9 +22,7 @@ def test_publish_writes_manifest_then_marker(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize(
-    "name", ["../evil", "/etc/passwd", "a/../../b", "", ".vllm-fleet/COMPLETE", "a\\..\\b"]
-)
+@pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "a/../../b", "", ".vllm-fleet/COMPLETE", "a\\..\\b"])
 def test_safe_join_refuses_escapes(tmp_path: Path, name: str) -> None:
     with pytest.raises(SourceError, match="refusing"):
         cache.safe_join(tmp_path, name)
