@@ -80,13 +80,16 @@ def up(
         raise typer.Exit(1)
 
 
-def down(spec: str = SpecArg, env: str | None = EnvOpt) -> None:
+def down(spec: str = SpecArg, env: str | None = EnvOpt, as_json: bool = JsonOpt) -> None:
     """Stop every replica of SPEC started by `up`."""
     from vllm_fleet.plan import load_plan
     from vllm_fleet.targets import local
 
     with errors():
         stopped = local.stop(load_plan(spec, env))
+    if as_json:
+        print_json({"stopped": [{"url": r.url, "pid": r.pid} for r in stopped]})
+        return
     console.print(f"stopped {len(stopped)} replica(s)" if stopped else "nothing was running")
 
 
