@@ -11,8 +11,14 @@ Loaders, each after dropping the model's pages (posix_fadvise DONTNEED, checked 
   (d) runai-model-streamer's SafetensorsStreamer (extra `loaders`), if it imports
   (e) fastsafetensors on the CPU (nogds), if it imports
 Baseline: the device limit that probe-storage measures on the same files in the same run.
-Devices: the plain disk under --dir, and (root only) a loop device opened with --direct-io=on
-and read_ahead_kb=128, as a default cloud persistent disk (--device picks).
+Devices (--device picks): the plain disk under --dir; (root only) a loop device opened with
+--direct-io=on and read_ahead_kb=128; and `fuse`: the generated files served by fuse_latency.py, a
+FUSE passthrough that adds --latency-ms (default 2) to every read request and an optional
+--bandwidth-mbps cap, serves requests in parallel and limits the kernel's read-ahead to 128 KiB: a
+default cloud persistent disk, whose cost is per-request latency, which the host-cached virtual disk
+and the loop device lack. The fuse device needs root, apt `fuse3` and the `bench` extra (mfusepy);
+its source files sit in the page cache, so the latency and the cap are the whole cost of a read.
+    /work/main/.venv/bin/python benchmarks/bench_coldstart.py --device fuse --size-gb 1
 Generated data lives under --dir and is removed at the end.
 """
 
@@ -227,6 +233,27 @@ def loop_device(base: Path, size_bytes: int) -> Iterator[Path]:
         image.unlink()
 
 
+@contextlib.contextmanager
+def fuse_device(source: Path, base: Path, args: argparse.Namespace) -> Iterator[Path]:
+    """``source`` behind fuse_latency.py: per-request latency, optional cap, read-ahead 128 KiB."""
+    mount = base / "fuse"
+    mount.mkdir()
+    server_py = Path(__file__).with_name("fuse_latency.py")
+    limits = ["--latency-ms", str(args.latency_ms), "--bandwidth-mbps", str(args.bandwidth_mbps)]
+    server = subprocess.Popen([sys.executable, str(server_py), str(source), str(mount), *limits])
+    try:
+        for _ in range(100):
+            if os.path.ismount(mount) or server.poll() is not None:
+                break
+            time.sleep(0.1)
+        if not os.path.ismount(mount):
+            raise SystemExit("fuse_latency.py did not mount (needs root or fusermount3, apt `fuse3`, extra `bench`)")
+        yield mount
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mount)], check=False)
+        server.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=0.5, help="model size (the issue asks 2-4)")
@@ -234,7 +261,11 @@ def main() -> None:
     parser.add_argument("--start-s", type=float, default=3.0, help="simulated engine start")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--chunk-mb", type=int, default=16)
-    parser.add_argument("--device", choices=("plain", "loop", "both"), default="both" if os.geteuid() == 0 else "plain")
+    parser.add_argument("--latency-ms", type=float, default=2.0, help="fuse device: latency of every read request")
+    parser.add_argument("--bandwidth-mbps", type=float, default=0.0, help="fuse device: bandwidth cap; 0: none")
+    parser.add_argument(
+        "--device", choices=("plain", "loop", "fuse", "both"), default="both" if os.geteuid() == 0 else "plain"
+    )
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where to write the generated model")
     args = parser.parse_args()
     size = int(args.size_gb * 1e9)
@@ -248,6 +279,10 @@ def main() -> None:
             with loop_device(base, size) as mount:
                 shutil.copytree(plain, mount / "model")
                 run_device("loop device, --direct-io=on, read_ahead_kb=128", mount / "model", args)
+        if args.device == "fuse":
+            with fuse_device(plain, base, args) as mount:
+                cap = f", cap {args.bandwidth_mbps:.0f} MB/s" if args.bandwidth_mbps else ""
+                run_device(f"FUSE, {args.latency_ms:g} ms per read{cap}, read-ahead 128 KiB", mount, args)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
