@@ -313,7 +313,7 @@ class _StampedBody(aiohttp.BytesPayload):
     """
 
     def __init__(self, body: bytes, result: RequestResult, t0: float):
-        super().__init__(body)
+        super().__init__(body, content_type="application/json")
         self._result, self._t0 = result, t0
 
     async def write(self, writer: Any) -> None:  # aiohttp < 3.12 writes bodies here
