@@ -13,11 +13,12 @@ Loaders, each after dropping the model's pages (posix_fadvise DONTNEED, checked 
 Baseline: the device limit that probe-storage measures on the same files in the same run.
 Devices (--device picks): the plain disk under --dir; (root only) a loop device opened with
 --direct-io=on and read_ahead_kb=128; and `fuse`: the generated files served by fuse_latency.py, a
-FUSE passthrough that adds --latency-ms (default 2) to every read request and an optional
---bandwidth-mbps cap, serves requests in parallel and limits the kernel's read-ahead to 128 KiB: a
-default cloud persistent disk, whose cost is per-request latency, which the host-cached virtual disk
-and the loop device lack. The fuse device needs root, apt `fuse3` and the `bench` extra (mfusepy);
-its source files sit in the page cache, so the latency and the cap are the whole cost of a read.
+FUSE passthrough (fuse_latency.c, compiled here) that adds --latency-ms (default 2) to every read
+request and an optional --bandwidth-mbps cap, serves requests in parallel and limits the kernel's
+read-ahead to 128 KiB: a default cloud persistent disk, whose cost is per-request latency, which the
+host-cached virtual disk and the loop device lack. The fuse device needs root and apt `fuse3
+libfuse3-dev pkg-config gcc`; its source files sit in the page cache, so the latency and the cap are
+the whole cost of a read.
     /work/main/.venv/bin/python benchmarks/bench_coldstart.py --device fuse --size-gb 1
 Generated data lives under --dir and is removed at the end.
 """
@@ -235,19 +236,24 @@ def loop_device(base: Path, size_bytes: int) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def fuse_device(source: Path, base: Path, args: argparse.Namespace) -> Iterator[Path]:
-    """``source`` behind fuse_latency.py: per-request latency, optional cap, read-ahead 128 KiB."""
-    mount = base / "fuse"
+    """``source`` served by fuse_latency.c: per-request latency, optional cap, read-ahead 128 KiB."""
+    mount, server_bin = base / "fuse", base / "fuse_latency"
     mount.mkdir()
-    server_py = Path(__file__).with_name("fuse_latency.py")
-    limits = ["--latency-ms", str(args.latency_ms), "--bandwidth-mbps", str(args.bandwidth_mbps)]
-    server = subprocess.Popen([sys.executable, str(server_py), str(source), str(mount), *limits])
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True)
+    if flags.returncode:
+        raise SystemExit("--device fuse needs apt packages fuse3 libfuse3-dev pkg-config gcc")
+    src = Path(__file__).with_name("fuse_latency.c")
+    subprocess.run(["gcc", "-O2", "-o", str(server_bin), str(src), *flags.stdout.split()], check=True)
+    env = {**os.environ, "SOURCE": str(source), "LATENCY_US": str(args.latency_ms * 1e3),
+           "BANDWIDTH_BPS": str(args.bandwidth_mbps * 1e6)}  # fmt: skip
+    server = subprocess.Popen([str(server_bin), str(mount), "-f", "-o", "ro,max_threads=256"], env=env)
     try:
         for _ in range(100):
             if os.path.ismount(mount) or server.poll() is not None:
                 break
             time.sleep(0.1)
         if not os.path.ismount(mount):
-            raise SystemExit("fuse_latency.py did not mount (needs root or fusermount3, apt `fuse3`, extra `bench`)")
+            raise SystemExit("fuse_latency did not mount (needs root, or fusermount3 from apt fuse3)")
         yield mount
     finally:
         subprocess.run(["fusermount3", "-u", str(mount)], check=False)
