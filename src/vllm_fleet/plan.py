@@ -17,6 +17,7 @@ from typing import Any
 
 from vllm_fleet.errors import SpecError
 from vllm_fleet.spec import FleetSpec, ModelShape, load_spec
+from vllm_fleet.weights.sources import file_path
 
 # A cloud persistent disk (pd-balanced) reads at about 240 MB/s per volume: the
 # assumption for the startup budget until probe-storage measures the real one.
@@ -154,7 +155,7 @@ def _absolute_source(source: str, spec_dir: Path) -> str:
 
 def _model_bytes(spec: FleetSpec, source: str) -> int | None:
     if source.startswith("file://"):
-        root = Path(source.removeprefix("file://"))
+        root = file_path(source)
         if root.is_dir():
             return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     if spec.model.size_gb:
@@ -254,7 +255,7 @@ def _gpu_fit(spec: FleetSpec, source: str, model_bytes: int | None) -> dict[str,
 
 
 def _local_config(source: str) -> dict[str, Any]:
-    path = Path(source.removeprefix("file://")) / "config.json"
+    path = file_path(source) / "config.json"
     if not source.startswith("file://") or not path.is_file():
         return {}
     try:

@@ -67,3 +67,11 @@ def test_cpu_replica_gets_kv_cache_space_and_local_command(tmp_path: Path) -> No
     assert argv[1:3] == ["-m", engine.API_SERVER_MODULE]
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert "--enforce-eager" in argv
+
+
+def test_model_size_of_a_path_with_spaces(tmp_path: Path) -> None:
+    model = tmp_path / "my models" / "tiny"
+    model.mkdir(parents=True)
+    (model / "w.bin").write_bytes(b"x" * 10)
+    plan = resolve(parse_spec("name: demo\nmodel: {source: 'my models/tiny'}\n"), spec_dir=tmp_path)
+    assert "%20" in plan.source and plan.model_bytes == 10

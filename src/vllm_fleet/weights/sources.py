@@ -74,7 +74,7 @@ class FileSource:
     def __init__(self, uri: str):
         self.uri = uri
         self.revision: str | None = None
-        self.root = Path(unquote(urlparse(uri).path))
+        self.root = file_path(uri)
 
     async def list_files(self) -> list[SourceFile]:
         return await asyncio.to_thread(self._list)
@@ -109,6 +109,11 @@ class FileSource:
 
     async def aclose(self) -> None:
         return None
+
+
+def file_path(uri: str) -> Path:
+    """The local path of a ``file://`` URI (percent-escapes decoded, as ``Path.as_uri`` writes them)."""
+    return Path(unquote(urlparse(uri).path))
 
 
 def bucket_and_prefix(uri: str) -> tuple[str, str]:
