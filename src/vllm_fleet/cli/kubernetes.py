@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -62,6 +61,8 @@ def drain(
     as_json: bool = JsonOpt,
 ) -> None:
     """Wait until vLLM reports no running or waiting request (a preStop hook). Exit 1 on timeout."""
+    import asyncio
+
     from vllm_fleet.targets.kubernetes.drain import drain as run_drain
 
     result = asyncio.run(run_drain(url, timeout_s=timeout, settle_s=settle))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
 from vllm_fleet.cli.common import EnvOpt, JsonOpt, console, errors, print_json
@@ -34,6 +32,8 @@ def verify(
 
 def run_verify(urls: list[str], **settings):
     """Verify each endpoint in turn (one event loop for all)."""
+    import asyncio
+
     from vllm_fleet.probe import verify as probe
 
     async def all_of() -> list:
