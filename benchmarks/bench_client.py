@@ -15,8 +15,9 @@ One run prints:
    and the kernel);
 4. baseline: `vllm bench serve` (from the installed vllm) on the same server,
    same concurrency and request count, and the ratios (throughput, and
-   requests per CPU-second from the difference of two run sizes, so its
-   import of torch is not counted against it).
+   requests per CPU-second from the difference of two run sizes, each counted
+   from after its imports, so neither its import of torch nor its tokenizer
+   load is counted against it).
 The yardstick runs in its own process; on a 2-core machine shared with other
 work, latencies carry scheduler noise: the CPU-second figures are the stable ones.
 
@@ -30,7 +31,6 @@ import json
 import math
 import os
 import re
-import resource
 import socket
 import subprocess
 import sys
@@ -77,12 +77,13 @@ def ours(config: LoadConfig, prompts: list[datasets.Prompt]) -> tuple[loadgen.Ru
 
 def vllm_bench(python: str, url: str, requests: int, concurrency: int, output_len: int) -> tuple[float, float]:
     """`vllm bench serve` on the same server: (its request throughput, its CPU seconds)."""
-    code = (
-        "import sys\n"
+    code = (  # its CPU is counted from after its imports (torch's import alone varies by seconds)
+        "import sys, time\n"
         "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
         "from vllm.benchmarks.serve import add_cli_args, main\n"
         "parser = FlexibleArgumentParser(); add_cli_args(parser)\n"
-        "main(parser.parse_args(sys.argv[1:]))\n"
+        "cpu = time.process_time(); main(parser.parse_args(sys.argv[1:]))\n"
+        "print(f'cpu after imports: {time.process_time() - cpu}')\n"
     )
     args = [
         "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions", "--model", "yardstick",
@@ -90,13 +91,12 @@ def vllm_bench(python: str, url: str, requests: int, concurrency: int, output_le
         "--random-output-len", str(output_len), "--num-prompts", str(requests), "--max-concurrency",
         str(concurrency), "--request-rate", "inf", "--ignore-eos", "--disable-tqdm",
     ]  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([python, "-c", code, *args], capture_output=True, text=True, timeout=600)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    match = re.search(r"Request throughput \(req/s\):\s+([\d.]+)", out.stdout)
-    if not match:
+    rate = re.search(r"Request throughput \(req/s\):\s+([\d.]+)", out.stdout)
+    cpu = re.search(r"cpu after imports: ([\d.]+)", out.stdout)
+    if not rate or not cpu:
         raise SystemExit(f"vllm bench serve failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return float(match.group(1)), (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return float(rate.group(1)), float(cpu.group(1))
 
 
 def timer_floor_ms(config: LoadConfig) -> float:
@@ -166,7 +166,7 @@ def main() -> None:
         if not Path(args.vllm_python).is_file() or not (TOKENIZER / "tokenizer.json").is_file():
             print(f"baseline skipped: needs {args.vllm_python} with vllm and the demo tokenizer at {TOKENIZER}")
             return
-        # Its CPU per request without its import of vLLM and torch: the difference of two run sizes.
+        # Its CPU per request without its fixed costs (imports, tokenizer): the difference of two run sizes.
         small_n = max(args.requests // 4, args.concurrency)
         _, small_cpu = vllm_bench(args.vllm_python, url, small_n, args.concurrency, args.output_len)
         theirs, their_cpu = vllm_bench(args.vllm_python, url, args.requests, args.concurrency, args.output_len)

@@ -215,7 +215,7 @@ def test_search_finds_the_knee_and_recommends_an_hpa_target(serial: str, tmp_pat
 def test_nothing_answering_exits_1_with_the_error_kind():
     out = bench(f"http://127.0.0.1:{_free_port()}", "--model", "m", "--num-prompts", "3", "--json")
     assert out.returncode == 1
-    assert json.loads(out.stdout)["errors"] == {"connection: ClientConnectorError": 3}
+    assert json.loads(out.stdout)["errors"] == {"connection: ConnectionRefusedError": 3}
     assert "no request succeeded" in out.stderr
 
 

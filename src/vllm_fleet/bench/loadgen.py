@@ -10,7 +10,8 @@ Two load models:
 Bounds: a request count and/or a duration. Warm-up requests run first, all at
 once (each leaves a keep-alive connection open for the run), and are not
 measured. A request counts as sent when its bytes are written to the socket;
-TTFT and E2E count from the call, the client's send path included. An
+TTFT and E2E count from the call, the client's send path included (HTTP goes
+through :mod:`vllm_fleet.bench.http1`, whose send is one socket write). An
 open-loop run stops early when its backlog grows without bound (the server is
 saturated) and says so.
 """
@@ -28,8 +29,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
-
+from vllm_fleet.bench import http1
 from vllm_fleet.bench.datasets import Prompt, TokenCounter
 from vllm_fleet.bench.metrics import RequestResult
 from vllm_fleet.bench.scrape import ServerMetrics, parse_prometheus
@@ -140,21 +140,14 @@ class Runner:
         self._stop = asyncio.Event()
         self._t0 = 0.0
         self._bodies = [request_body(config, p) for p in self.prompts]
+        headers = dict(_HEADERS) | ({"Authorization": f"Bearer {config.api_key}"} if config.api_key else {})
+        self._client = http1.Client(config.url, headers)
+        self._heads = [self._client.head("POST", config.endpoint, body) for body in self._bodies]
 
     async def run(self) -> RunResult:
         """Warm up, run, scrape, return the raw results."""
         config = self.config
-        headers = dict(_HEADERS) | ({"Authorization": f"Bearer {config.api_key}"} if config.api_key else {})
-        connector = aiohttp.TCPConnector(limit=0, force_close=False, ttl_dns_cache=300)
-        timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-        async with aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            headers=headers,
-            cookie_jar=aiohttp.DummyCookieJar(),  # no per-request cookie filtering on the send path
-        ) as session:
-            self._session = session
-            self._post_url = config.url.rstrip("/") + config.endpoint
+        try:
             # All at once: each leaves a keep-alive connection open, so the run does not pay for TCP connects.
             warm = [RequestResult(index=-1 - i, scheduled_s=0.0, warmup=True) for i in range(config.warmup)]
             await asyncio.gather(*(self._one(w, self.measured_prompts + i) for i, w in enumerate(warm)))
@@ -178,6 +171,8 @@ class Runner:
             # vLLM counts a request's tokens just after it streams the last chunk: let the counters settle.
             await asyncio.sleep(_SETTLE_S)
             await self._scrape()
+        finally:
+            self._client.close()
         return RunResult(config.request_rate, self.results, duration, self.server, self.stopped_early)
 
     async def _open_loop(self) -> None:
@@ -224,19 +219,24 @@ class Runner:
 
     async def _one(self, result: RequestResult, prompt_index: int) -> None:
         """Send one request and fill ``result``; every failure becomes an error kind, never an exception."""
-        prompt, body = self.prompts[prompt_index], self._bodies[prompt_index]
+        prompt = self.prompts[prompt_index]
         chunks: list[tuple[float, str]] = []
         usage: dict = {}
         sent = time.perf_counter()  # TTFT and E2E count from here, the client's own send path included
-        result.sent_s = sent - self._t0  # until _StampedBody notes when the bytes left
+        result.sent_s = sent - self._t0  # until the response says when its request's bytes left
+        response: http1.Response | None = None
         try:
-            async with self._session.post(self._post_url, data=_StampedBody(body, result, self._t0)) as resp:
-                if resp.status != 200:
-                    result.error_kind = f"http {resp.status}"
-                    result.error = (await resp.text())[:200]
+            async with asyncio.timeout(self.config.timeout_s):
+                response = await self._client.request(
+                    "POST", self.config.endpoint, self._bodies[prompt_index], self._heads[prompt_index]
+                )
+                result.sent_s = response.sent_at - self._t0
+                if response.status != 200:
+                    result.error_kind = f"http {response.status}"
+                    result.error = (await response.read()).decode(errors="replace")[:200]
                     return
                 decoder = SSEDecoder()
-                async for data in resp.content.iter_any():
+                async for data in response.chunks():
                     now = time.perf_counter()
                     for payload in decoder.feed(data):
                         if payload != DONE:
@@ -245,7 +245,7 @@ class Runner:
         except TimeoutError:
             result.error_kind, result.error = "timeout", f"no complete answer in {self.config.timeout_s} s"
             return
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             result.error_kind, result.error = f"connection: {type(exc).__name__}", str(exc)[:200]
             return
         except StreamError as exc:
@@ -256,6 +256,8 @@ class Runner:
             return
         finally:
             self.finished += 1
+            if response is not None:
+                response.release()
         self._complete(result, prompt, sent, chunks, usage)
 
     def _complete(
@@ -299,30 +301,16 @@ class Runner:
         if not self.config.scrape_metrics:
             return
         try:
-            async with self._session.get(self.config.url.rstrip("/") + "/metrics") as resp:
-                if resp.status == 200:
-                    self.server.add(time.perf_counter() - self._t0, parse_prometheus(await resp.text()))
-        except (aiohttp.ClientError, OSError, TimeoutError, UnicodeDecodeError):
+            async with asyncio.timeout(self.config.timeout_s):
+                response = await self._client.request("GET", "/metrics")
+                try:
+                    if response.status == 200:
+                        text = (await response.read()).decode()
+                        self.server.add(time.perf_counter() - self._t0, parse_prometheus(text))
+                finally:
+                    response.release()
+        except (OSError, TimeoutError, ValueError):
             return
-
-
-class _StampedBody(aiohttp.BytesPayload):
-    """A request body that notes on its result when it was written to the socket (the headers go with it).
-
-    Cheaper than an aiohttp trace config, which wraps every step of every request.
-    """
-
-    def __init__(self, body: bytes, result: RequestResult, t0: float):
-        super().__init__(body, content_type="application/json")
-        self._result, self._t0 = result, t0
-
-    async def write(self, writer: Any) -> None:  # aiohttp < 3.12 writes bodies here
-        await super().write(writer)
-        self._result.sent_s = time.perf_counter() - self._t0
-
-    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        await super().write_with_length(writer, content_length)
-        self._result.sent_s = time.perf_counter() - self._t0
 
 
 class StreamError(Exception):
