@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -94,3 +95,32 @@ def test_cli_prefetch_json_and_exit_codes(model: Path, tmp_path: Path) -> None:
     assert data["complete"] and data["bytes_read"] == data["bytes_total"] and data["gbps"] > 0
     missing = runner.invoke(app, ["prefetch", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "not a directory" in missing.output
+
+
+def test_a_file_system_that_cannot_splice_is_read_instead(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_splice(*args: object) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", no_splice)
+    result = prefetch(model, concurrency=2, chunk_bytes=MB)
+    assert result.complete and resident(model) == result.bytes_total
+
+
+def test_other_read_errors_are_not_swallowed(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "sendfile", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        prefetch(model, concurrency=2, chunk_bytes=MB)
+
+
+def test_the_cli_defaults_are_prefetch_defaults() -> None:
+    import typer.main
+
+    from vllm_fleet.weights import prefetch as module
+
+    command = typer.main.get_command(app).commands["prefetch"]  # type: ignore[attr-defined]
+    defaults = {p.name: p.default for p in command.params}
+    assert defaults["concurrency"] == module.DEFAULT_CONCURRENCY
+    assert defaults["chunk_mb"] << 20 == module.DEFAULT_CHUNK_BYTES

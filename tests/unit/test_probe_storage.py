@@ -27,7 +27,9 @@ def test_probe_measures_and_removes_its_probe_file(tmp_path: Path) -> None:
             (c, q) for c in probe.CHUNKS for q in probe.QUEUE_DEPTHS
         }
         assert report.limit_gbps == max([t.gbps for t in report.direct] + [report.buffered_gbps])
-    assert report.recommended_concurrency >= 1 and report.recommended_chunk_bytes >= 4 * MB
+    assert [t.queue_depth for t in report.buffered] == list(probe.PREFETCH_CONCURRENCY)
+    assert report.buffered_gbps == max(t.gbps for t in report.buffered)
+    assert report.recommended_concurrency in probe.PREFETCH_CONCURRENCY and report.recommended_chunk_bytes == 16 * MB
     assert report.read_bandwidth_bps == report.limit_gbps * 1e9
 
 
@@ -58,10 +60,10 @@ def test_recommendations_follow_the_trials() -> None:
     assert probe._recommend_read_ahead(trials, 1.2, 128) == 1024  # 1.0 >= 0.8 x 1.2
     assert probe._recommend_read_ahead(trials, 1.2, 4096) == 4096  # never lower what is set
     assert probe._recommend_read_ahead(trials[:1], 1.2, 128) == 1024
-    assert probe._recommend_prefetch(trials, 1.2) == {
-        "recommended_concurrency": 4,
-        "recommended_chunk_bytes": 4 << 20,
-    }
+    buffered = [Trial(16 << 20, 8, 0.8), Trial(16 << 20, 32, 1.15), Trial(16 << 20, 64, 1.2)]
+    assert probe._recommend_prefetch(buffered) == {"recommended_concurrency": 32, "recommended_chunk_bytes": 16 << 20}
+    buffered[0] = Trial(16 << 20, 8, 1.1)  # 1.1 >= 0.9 x 1.2: the fewest threads that suffice
+    assert probe._recommend_prefetch(buffered)["recommended_concurrency"] == 8
 
 
 def test_bad_paths_are_spec_errors(tmp_path: Path) -> None:

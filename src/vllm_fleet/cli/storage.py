@@ -47,7 +47,7 @@ def probe_storage(
 
 def prefetch(
     model_dir: Path = typer.Argument(..., help="Model directory whose weight files to read into the page cache."),
-    concurrency: int = typer.Option(8, help="Reads in flight (probe-storage recommends one)."),
+    concurrency: int = typer.Option(32, help="Reads in flight (probe-storage recommends one)."),
     chunk_mb: int = typer.Option(16, "--chunk-mb", help="Size of each read in MiB."),
     reserve_gb: float = typer.Option(1.0, "--reserve-gb", help="Memory to leave free; stop before eating into it."),
     as_json: bool = JsonOpt,

@@ -4,14 +4,15 @@ Three measurements on one file (an existing large file, or a probe file
 written for the purpose and removed afterwards):
 
 - the limit: sequential O_DIRECT reads (no page cache, no read-ahead) of
-  several chunk sizes at several queue depths, and cold large buffered reads
-  as prefetch issues them; the best of all is the device limit;
+  several chunk sizes at several queue depths, and cold reads into the page
+  cache exactly as prefetch issues them, at several concurrencies; the best
+  of all is the device limit;
 - the mmap walk at the current read-ahead: what vLLM's default safetensors
   loader gets, page-faulting through the file (cold: pages dropped first);
 - file-open latency (it matters on network file systems: gcsfuse, NFS).
 
-From them: the chunk size and concurrency prefetch should use (the cheapest
-setting within 90% of the limit) and the read_ahead_kb to set on the device
+From them: the concurrency prefetch should use (the fewest of its own reads
+in flight within 90% of its best) and the read_ahead_kb to set on the device
 (the smallest chunk a single stream reads at 80% of the limit).
 Standard library only.
 """
@@ -31,6 +32,7 @@ from vllm_fleet.weights import pagecache
 
 CHUNKS = (128 << 10, 1 << 20, 4 << 20, 16 << 20)
 QUEUE_DEPTHS = (1, 4, 16)
+PREFETCH_CONCURRENCY = (8, 32, 64)
 DEFAULT_PROBE_BYTES = 512 << 20
 TRIAL_SECONDS = 1.5  # a trial stops after this long or after the file's length, whichever first
 _PROBE_NAME = ".vllm-fleet-probe-{pid}.bin"
@@ -63,6 +65,7 @@ class StorageReport:
     probe_bytes: int
     direct: list[Trial]
     direct_supported: bool
+    buffered: list[Trial]  # prefetch's own reads into the page cache, cold, at each concurrency
     limit_gbps: float
     buffered_gbps: float
     mmap_gbps: float
@@ -99,7 +102,8 @@ def probe_storage(path: str | Path, *, probe_bytes: int = DEFAULT_PROBE_BYTES) -
         if not direct:
             notes.append("O_DIRECT is not supported here (tmpfs, some FUSE): the limit is the buffered reads'")
         mmap_gbps = _mmap_walk(target, size)
-        buffered_gbps = _buffered_read(target, size)
+        buffered = _prefetch_trials(target, size)
+        buffered_gbps = max(t.gbps for t in buffered)
         limit = max([t.gbps for t in direct] + [buffered_gbps])
         ra = read_ahead(target)
         return StorageReport(
@@ -108,13 +112,14 @@ def probe_storage(path: str | Path, *, probe_bytes: int = DEFAULT_PROBE_BYTES) -
             probe_bytes=size,
             direct=direct,
             direct_supported=bool(direct),
+            buffered=buffered,
             limit_gbps=limit,
             buffered_gbps=buffered_gbps,
             mmap_gbps=mmap_gbps,
             open_ms=_open_ms(target),
             read_ahead=ra,
             recommended_read_ahead_kb=_recommend_read_ahead(direct, limit, ra.kb),
-            **_recommend_prefetch(direct, limit),
+            **_recommend_prefetch(buffered),
             notes=notes,
         )
     finally:
@@ -164,7 +169,7 @@ def _direct_trials(target: Path, size: int) -> list[Trial]:
     try:
         for chunk in CHUNKS:
             for depth in QUEUE_DEPTHS:
-                gbps, offset = _read(fd, size, chunk, depth, offset)
+                gbps, offset = _read(fd, size, chunk, depth, offset, direct=True)
                 trials.append(Trial(chunk, depth, round(gbps, 3)))
     except OSError:  # O_DIRECT opened but refused the reads (alignment on an odd file system)
         return []
@@ -173,8 +178,11 @@ def _direct_trials(target: Path, size: int) -> list[Trial]:
     return trials
 
 
-def _read(fd: int, size: int, chunk: int, depth: int, offset: int) -> tuple[float, int]:
-    """``depth`` threads reading ``chunk``-sized blocks in order from ``offset`` (wrapping) for a trial's time."""
+def _read(fd: int, size: int, chunk: int, depth: int, offset: int, direct: bool) -> tuple[float, int]:
+    """``depth`` threads reading ``chunk``-sized blocks in order from ``offset`` (wrapping) for a trial's time.
+
+    ``direct``: O_DIRECT reads into aligned buffers; otherwise prefetch's reads into the page cache.
+    """
     span = size - size % chunk
     cursor = iter(range(offset // chunk * chunk, offset // chunk * chunk + span, chunk))
     lock = threading.Lock()
@@ -183,20 +191,26 @@ def _read(fd: int, size: int, chunk: int, depth: int, offset: int) -> tuple[floa
     deadline = time.perf_counter() + TRIAL_SECONDS
 
     def work() -> None:
-        buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT needs (buffered reads do not mind)
+        buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT needs
+        sink = os.open(os.devnull, os.O_WRONLY)
         try:
             while time.perf_counter() < deadline:
                 with lock:
                     pos = next(cursor, None)
                 if pos is None:
                     return
-                n = os.preadv(fd, [buf], pos % span)
+                if direct:
+                    n = os.preadv(fd, [buf], pos % span)
+                else:
+                    pagecache.read_into_cache(fd, pos % span, chunk, sink)
+                    n = chunk
                 with lock:
                     done[0] += n
         except OSError as exc:
             errors.append(exc)
         finally:
             buf.close()
+            os.close(sink)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=work) for _ in range(depth)]
@@ -209,18 +223,22 @@ def _read(fd: int, size: int, chunk: int, depth: int, offset: int) -> tuple[floa
     return done[0] / (time.perf_counter() - start) / 1e9, (offset + done[0]) % span
 
 
-def _buffered_read(target: Path, size: int) -> float:
-    """Cold large reads through the page cache, as prefetch does them (read-ahead may beat O_DIRECT)."""
-    from vllm_fleet.weights.prefetch import DEFAULT_CHUNK_BYTES, DEFAULT_CONCURRENCY
+def _prefetch_trials(target: Path, size: int) -> list[Trial]:
+    """Prefetch's own reads (its chunk size, into the page cache), cold, at each concurrency."""
+    from vllm_fleet.weights.prefetch import DEFAULT_CHUNK_BYTES
 
-    pagecache.drop(target)
+    chunk = min(DEFAULT_CHUNK_BYTES, size)
     fd = os.open(target, os.O_RDONLY)
+    trials = []
     try:
-        gbps, _ = _read(fd, size, DEFAULT_CHUNK_BYTES, DEFAULT_CONCURRENCY, 0)
+        for depth in PREFETCH_CONCURRENCY:
+            pagecache.drop(target)
+            gbps, _ = _read(fd, size, chunk, depth, 0, direct=False)
+            trials.append(Trial(chunk, depth, round(gbps, 3)))
     finally:
         os.close(fd)
-    pagecache.drop(target)
-    return round(gbps, 3)
+        pagecache.drop(target)
+    return trials
 
 
 def _mmap_walk(target: Path, size: int) -> float:
@@ -248,18 +266,11 @@ def _open_ms(target: Path, count: int = 20) -> float:
     return round(statistics.median(times) * 1e3, 3)
 
 
-def _recommend_prefetch(direct: list[Trial], limit: float) -> dict[str, int]:
-    """The cheapest setting (fewest reads in flight, then smallest chunk) within 90% of the limit."""
-    from vllm_fleet.weights.prefetch import DEFAULT_CHUNK_BYTES, DEFAULT_CONCURRENCY
-
-    good = sorted((t for t in direct if t.gbps >= 0.9 * limit), key=lambda t: (t.queue_depth, t.chunk_bytes))
-    if not good:
-        return {"recommended_concurrency": DEFAULT_CONCURRENCY, "recommended_chunk_bytes": DEFAULT_CHUNK_BYTES}
-    # Prefetch reads through the page cache, whose read-ahead splits large reads: keep a few in flight.
-    return {
-        "recommended_concurrency": max(4, good[0].queue_depth),
-        "recommended_chunk_bytes": max(4 << 20, good[0].chunk_bytes),
-    }
+def _recommend_prefetch(buffered: list[Trial]) -> dict[str, int]:
+    """The fewest of prefetch's reads in flight within 90% of the best it measured, at its chunk size."""
+    best = max(t.gbps for t in buffered)
+    good = min((t for t in buffered if t.gbps >= 0.9 * best), key=lambda t: t.queue_depth)
+    return {"recommended_concurrency": good.queue_depth, "recommended_chunk_bytes": good.chunk_bytes}
 
 
 def _recommend_read_ahead(direct: list[Trial], limit: float, current_kb: int | None) -> int:
