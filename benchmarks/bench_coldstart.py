@@ -155,7 +155,7 @@ def run_device(label: str, model_dir: Path, args: argparse.Namespace) -> None:
     limit = probe.limit_gbps
     files = len(weight_files(model_dir))
     print(f"\n== {label}: {size / 1e9:.2f} GB in {files} files, read_ahead_kb={probe.read_ahead.kb}")
-    print(f"   baseline: device limit {limit:.2f} GB/s (probe-storage: best of O_DIRECT and buffered reads)")
+    print(f"   baseline: device limit {limit:.2f} GB/s (probe-storage: best of O_DIRECT and prefetch's reads)")
     print(f"   mmap walk at this read-ahead {probe.mmap_gbps:.2f} GB/s")
     ideal = size / 1e9 / limit
     rows: list[tuple[str, float]] = []

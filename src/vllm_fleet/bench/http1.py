@@ -106,10 +106,9 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False  # read while the message completes: llhttp resets it right after
 
     def send(self, data: bytes) -> Response:
-        self.response = Response(self, 0.0)
+        self.transport.write(data)  # no answer can arrive before this step yields to the loop
+        self.response = Response(self, time.perf_counter())
         self._until_close = self.keep_alive = False
-        self.transport.write(data)
-        self.response.sent_at = time.perf_counter()
         return self.response
 
     def release(self, response: Response) -> None:

@@ -27,8 +27,11 @@ def probe_storage(
     ra = report.read_ahead
     best = max(report.direct, key=lambda t: t.gbps, default=None)
     how = f" {best.gbps:.2f} GB/s at {best.chunk_bytes >> 10} KiB x {best.queue_depth} in flight" if best else ""
-    console.print(f"limit:      {report.limit_gbps:.2f} GB/s (best of O_DIRECT{how} and buffered)")
-    console.print(f"buffered:   {report.buffered_gbps:.2f} GB/s (large concurrent reads, as prefetch does)")
+    console.print(f"limit:      {report.limit_gbps:.2f} GB/s (best of O_DIRECT{how} and prefetch's reads)")
+    at = " / ".join(f"{t.gbps:.2f}" for t in report.buffered)
+    depths = " / ".join(str(t.queue_depth) for t in report.buffered)
+    chunk = report.buffered[0].chunk_bytes >> 20
+    console.print(f"prefetch:   {at} GB/s with {depths} reads of {chunk} MiB in flight (into the page cache)")
     console.print(f"mmap walk:  {report.mmap_gbps:.2f} GB/s at read_ahead_kb={ra.kb} (what vLLM's default loader gets)")
     console.print(f"file open:  {report.open_ms:.3f} ms")
     known = ra.kb is not None
