@@ -36,7 +36,7 @@ TOTAL = sum(map(len, FILES.values()))
 
 @pytest.fixture
 def origin():
-    with Origin(rate=3 << 20) as o:  # 3 MiB/s per connection: a stage takes ~0.3 s of transfer
+    with Origin(rate=1 << 20) as o:  # 1 MiB/s per connection: a stage takes ~0.5 s of transfer, a resumed one less
         index = []
         for name, data in FILES.items():
             o.files[f"/m/{name}"] = data
