@@ -67,7 +67,6 @@ class StorageReport:
     direct_supported: bool
     buffered: list[Trial]  # prefetch's own reads into the page cache, cold, at each concurrency
     limit_gbps: float
-    buffered_gbps: float
     mmap_gbps: float
     open_ms: float
     read_ahead: ReadAhead
@@ -81,8 +80,16 @@ class StorageReport:
         """The limit in bytes/s: what the Plan's startup budget can use instead of its assumption."""
         return self.limit_gbps * 1e9
 
+    @property
+    def buffered_gbps(self) -> float:
+        """The best of prefetch's own reads."""
+        return max(t.gbps for t in self.buffered)
+
     def to_dict(self) -> dict:
-        return asdict(self) | {"read_bandwidth_bps": round(self.read_bandwidth_bps)}
+        return asdict(self) | {
+            "read_bandwidth_bps": round(self.read_bandwidth_bps),
+            "buffered_gbps": self.buffered_gbps,
+        }
 
 
 def probe_storage(path: str | Path, *, probe_bytes: int = DEFAULT_PROBE_BYTES) -> StorageReport:
@@ -103,8 +110,7 @@ def probe_storage(path: str | Path, *, probe_bytes: int = DEFAULT_PROBE_BYTES) -
             notes.append("O_DIRECT is not supported here (tmpfs, some FUSE): the limit is the buffered reads'")
         mmap_gbps = _mmap_walk(target, size)
         buffered = _prefetch_trials(target, size)
-        buffered_gbps = max(t.gbps for t in buffered)
-        limit = max([t.gbps for t in direct] + [buffered_gbps])
+        limit = max(t.gbps for t in direct + buffered)
         ra = read_ahead(target)
         return StorageReport(
             path=str(path),
@@ -114,7 +120,6 @@ def probe_storage(path: str | Path, *, probe_bytes: int = DEFAULT_PROBE_BYTES) -
             direct_supported=bool(direct),
             buffered=buffered,
             limit_gbps=limit,
-            buffered_gbps=buffered_gbps,
             mmap_gbps=mmap_gbps,
             open_ms=_open_ms(target),
             read_ahead=ra,
@@ -191,7 +196,7 @@ def _read(fd: int, size: int, chunk: int, depth: int, offset: int, direct: bool)
     deadline = time.perf_counter() + TRIAL_SECONDS
 
     def work() -> None:
-        buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT needs
+        buf = mmap.mmap(-1, chunk if direct else 1)  # page-aligned, as O_DIRECT needs
         sink = os.open(os.devnull, os.O_WRONLY)
         try:
             while time.perf_counter() < deadline:
