@@ -42,6 +42,9 @@ _SATURATION_CHECKS = 5
 _SATURATION_FLOOR = 32
 # The event loop's timers have millisecond resolution; the last stretch before a send yields instead.
 _SPIN_S = 0.0015
+# Each open-loop request's task starts this much ahead and waits for its own send time, so nothing
+# (a task's first step is one loop pass after its creation) stands between its wake-up and its send.
+_LEAD_S = 0.002
 _SETTLE_S = 0.3
 
 
@@ -181,7 +184,7 @@ class Runner:
         slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
         tasks = []
         for index, at in enumerate(times):
-            await sleep_until(self._t0 + at)
+            await sleep_until(self._t0 + at - _LEAD_S)
             if self._stop.is_set():
                 break
             result = RequestResult(index=index, scheduled_s=at)
@@ -193,6 +196,11 @@ class Runner:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _slotted(self, result: RequestResult, prompt: int, slots: asyncio.Semaphore | None) -> None:
+        try:
+            await sleep_until(self._t0 + result.scheduled_s)
+        except asyncio.CancelledError:
+            self.results.remove(result)  # stopped before its send time: never part of the run
+            raise
         try:
             if slots is None:
                 await self._one(result, prompt)
