@@ -119,8 +119,13 @@ async def _get(client: http1.Client, path: str) -> tuple[int, bytes]:
 def test_keep_alive_reuses_one_connection_and_sends_one_well_formed_head():
     async def test(url: str, server: Scripted) -> None:
         client = http1.Client(url + "/prefix/", {"Authorization": "Bearer k"})
+        assert client.send_now("POST", "/ok", b"{}") is None  # nothing idle yet: request() connects
         for _ in range(3):
             assert await _get(client, "/ok") == (200, b"hello")
+        response = client.send_now("POST", "/ok", b"{}")  # written now, on the idle connection
+        assert response is not None and response.sent_at > 0
+        assert (await response.ready()).status == 200 and await response.read() == b"hello"
+        response.release()
         client.close()
 
     server = _run({"/prefix/ok": _ok}, test)

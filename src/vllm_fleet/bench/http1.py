@@ -56,6 +56,18 @@ class Response:
         self._error: BaseException | None = None
         self._headers_done = False
 
+    async def ready(self) -> Response:
+        """Wait for the status line and headers; on failure the response is released and the error raised."""
+        try:
+            while not self._headers_done:
+                if self._error is not None:
+                    raise self._error
+                await self._wait()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in network-sized pieces."""
         while True:
@@ -192,29 +204,25 @@ class Client:
         first = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("latin-1")
         return first + self._fixed_head + f"Content-Length: {len(body)}\r\n\r\n".encode()
 
-    async def request(self, method: str, path: str, body: bytes = b"", head: bytes | None = None) -> Response:
-        """Send, then wait for the response's headers; the body is read from the returned :class:`Response`."""
-        connection = await self._connection()
-        response = connection.send((head or self.head(method, path, body)) + body)
-        try:
-            while not response._headers_done:
-                if response._error is not None:
-                    raise response._error
-                await response._wait()
-        except BaseException:
-            response.release()
-            raise
-        return response
-
-    async def _connection(self) -> _Connection:
+    def send_now(self, method: str, path: str, body: bytes = b"", head: bytes | None = None) -> Response | None:
+        """Send on an idle keep-alive connection within the caller's step; None when none is idle."""
         while self._idle:
             connection = self._idle.pop()
             if not connection.transport.is_closing():
-                return connection
-        loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(lambda: _Connection(self), self._host, self._port, ssl=self._ssl)
-        self._open.add(connection)
-        return connection
+                return connection.send((head or self.head(method, path, body)) + body)
+        return None
+
+    async def request(self, method: str, path: str, body: bytes = b"", head: bytes | None = None) -> Response:
+        """Send (on a new connection when none is idle), then wait for the response's status and headers."""
+        response = self.send_now(method, path, body, head)
+        if response is None:
+            loop = asyncio.get_running_loop()
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self), self._host, self._port, ssl=self._ssl
+            )
+            self._open.add(connection)
+            response = connection.send((head or self.head(method, path, body)) + body)
+        return await response.ready()
 
     def keep(self, connection: _Connection) -> bool:
         if connection.transport.is_closing() or not connection.keep_alive:

@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from vllm_fleet.bench import http1
 from vllm_fleet.bench.datasets import Prompt, TokenCounter
@@ -42,9 +42,6 @@ _SATURATION_CHECKS = 5
 _SATURATION_FLOOR = 32
 # The event loop's timers have millisecond resolution; the last stretch before a send yields instead.
 _SPIN_S = 0.0015
-# Each open-loop request's task starts this much ahead and waits for its own send time, so nothing
-# (a task's first step is one loop pass after its creation) stands between its wake-up and its send.
-_LEAD_S = 0.002
 _SETTLE_S = 0.3
 
 
@@ -184,26 +181,27 @@ class Runner:
         slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
         tasks = []
         for index, at in enumerate(times):
-            await sleep_until(self._t0 + at - _LEAD_S)
+            await sleep_until(self._t0 + at)
             if self._stop.is_set():
                 break
             result = RequestResult(index=index, scheduled_s=at)
             self.results.append(result)
-            tasks.append(asyncio.create_task(self._slotted(result, index % self.measured_prompts, slots)))
+            prompt = index % self.measured_prompts
+            # Uncapped, the scheduler writes the request itself on an idle connection: a task's first step
+            # comes one loop pass after its creation, and that pass (every ready callback) was the send lag.
+            sent = self._send_now(result, prompt) if slots is None else None
+            tasks.append(asyncio.create_task(self._slotted(result, prompt, slots, sent)))
         if self._stop.is_set():
             for task in tasks:
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _slotted(self, result: RequestResult, prompt: int, slots: asyncio.Semaphore | None) -> None:
-        try:
-            await sleep_until(self._t0 + result.scheduled_s)
-        except asyncio.CancelledError:
-            self.results.remove(result)  # stopped before its send time: never part of the run
-            raise
+    async def _slotted(
+        self, result: RequestResult, prompt: int, slots: asyncio.Semaphore | None, sent: _Sent | None
+    ) -> None:
         try:
             if slots is None:
-                await self._one(result, prompt)
+                await self._one(result, prompt, sent)
                 return
             async with slots:
                 await self._one(result, prompt)
@@ -225,18 +223,30 @@ class Runner:
 
         await asyncio.gather(*(worker() for _ in range(config.max_concurrency or 1)))
 
-    async def _one(self, result: RequestResult, prompt_index: int) -> None:
-        """Send one request and fill ``result``; every failure becomes an error kind, never an exception."""
+    def _send_now(self, result: RequestResult, prompt_index: int) -> _Sent | None:
+        called = time.perf_counter()
+        response = self._client.send_now(
+            "POST", self.config.endpoint, self._bodies[prompt_index], self._heads[prompt_index]
+        )
+        return None if response is None else _Sent(called, response)
+
+    async def _one(self, result: RequestResult, prompt_index: int, sent: _Sent | None = None) -> None:
+        """Send one request (unless ``sent`` already) and fill ``result``; every failure becomes an error kind."""
         prompt = self.prompts[prompt_index]
         chunks: list[tuple[float, str]] = []
         usage: dict = {}
-        sent = time.perf_counter()  # TTFT and E2E count from here, the client's own send path included
-        result.sent_s = sent - self._t0  # until the response says when its request's bytes left
-        response: http1.Response | None = None
+        # TTFT and E2E count from the call, the client's own send path included.
+        called = sent.called if sent else time.perf_counter()
+        result.sent_s = called - self._t0  # until the response says when its request's bytes left
+        response: http1.Response | None = None  # released here once ready; ready() releases on failure
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                response = await self._client.request(
-                    "POST", self.config.endpoint, self._bodies[prompt_index], self._heads[prompt_index]
+                response = await (
+                    sent.response.ready()
+                    if sent
+                    else self._client.request(
+                        "POST", self.config.endpoint, self._bodies[prompt_index], self._heads[prompt_index]
+                    )
                 )
                 result.sent_s = response.sent_at - self._t0
                 if response.status != 200:
@@ -249,7 +259,7 @@ class Runner:
                     for payload in decoder.feed(data):
                         if payload != DONE:
                             usage = _take_event(json.loads(payload), now, chunks) or usage
-            result.e2el_s = time.perf_counter() - sent
+            result.e2el_s = time.perf_counter() - called
         except TimeoutError:
             result.error_kind, result.error = "timeout", f"no complete answer in {self.config.timeout_s} s"
             return
@@ -266,7 +276,7 @@ class Runner:
             self.finished += 1
             if response is not None:
                 response.release()
-        self._complete(result, prompt, sent, chunks, usage)
+        self._complete(result, prompt, called, chunks, usage)
 
     def _complete(
         self, result: RequestResult, prompt: Prompt, sent: float, chunks: list[tuple[float, str]], usage: dict
@@ -319,6 +329,13 @@ class Runner:
                     response.release()
         except (OSError, TimeoutError, ValueError):
             return
+
+
+class _Sent(NamedTuple):
+    """A request the scheduler wrote itself: when it was called, and its response to come."""
+
+    called: float
+    response: http1.Response
 
 
 class StreamError(Exception):
