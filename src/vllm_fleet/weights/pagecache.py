@@ -54,8 +54,9 @@ def resident_bytes(path: str | Path) -> int:
 def read_into_cache(fd: int, offset: int, length: int, sink: int) -> None:
     """Read a range of ``fd`` into the page cache: sendfile to ``sink`` (an fd of /dev/null), no copy out to us.
 
-    Against preadv into a buffer, on the 2 ms-per-read FUSE disk of benchmarks/bench_coldstart.py: 20-30 %
-    less CPU, and a loader running beside it finished sooner. A file system that cannot splice gets a read.
+    Against preadv into a buffer, on the 2 ms-per-read FUSE disk of benchmarks/bench_coldstart.py: 2-40 %
+    less CPU (median 18 %), and a loader running beside it finished sooner. A file system that cannot
+    splice gets a read.
     """
     end = offset + length
     try:
