@@ -188,12 +188,12 @@ class Client:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
+        default_port = 443 if url.scheme == "https" else 80
         self._host = url.hostname
-        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._port = url.port or default_port
         self._ssl = ssl.create_default_context() if url.scheme == "https" else None
         self._prefix = url.path.rstrip("/")
-        default_port = self._port == (443 if url.scheme == "https" else 80)
-        host = url.hostname if default_port else f"{url.hostname}:{self._port}"
+        host = url.hostname if self._port == default_port else f"{url.hostname}:{self._port}"
         lines = [f"Host: {host}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
         self._fixed_head = "".join(f"{line}\r\n" for line in lines).encode("latin-1")
         self._idle: list[_Connection] = []
@@ -209,7 +209,7 @@ class Client:
         while self._idle:
             connection = self._idle.pop()
             if not connection.transport.is_closing():
-                return connection.send((head or self.head(method, path, body)) + body)
+                return connection.send(self._bytes(method, path, body, head))
         return None
 
     async def request(self, method: str, path: str, body: bytes = b"", head: bytes | None = None) -> Response:
@@ -221,8 +221,11 @@ class Client:
                 lambda: _Connection(self), self._host, self._port, ssl=self._ssl
             )
             self._open.add(connection)
-            response = connection.send((head or self.head(method, path, body)) + body)
+            response = connection.send(self._bytes(method, path, body, head))
         return await response.ready()
+
+    def _bytes(self, method: str, path: str, body: bytes, head: bytes | None) -> bytes:
+        return (head or self.head(method, path, body)) + body
 
     def keep(self, connection: _Connection) -> bool:
         if connection.transport.is_closing() or not connection.keep_alive:

@@ -196,8 +196,8 @@ def _read(fd: int, size: int, chunk: int, depth: int, offset: int, direct: bool)
     deadline = time.perf_counter() + TRIAL_SECONDS
 
     def work() -> None:
-        buf = mmap.mmap(-1, chunk if direct else 1)  # page-aligned, as O_DIRECT needs
-        sink = os.open(os.devnull, os.O_WRONLY)
+        buf = mmap.mmap(-1, chunk) if direct else None  # page-aligned, as O_DIRECT needs
+        sink = None if direct else os.open(os.devnull, os.O_WRONLY)
         try:
             while time.perf_counter() < deadline:
                 with lock:
@@ -214,8 +214,10 @@ def _read(fd: int, size: int, chunk: int, depth: int, offset: int, direct: bool)
         except OSError as exc:
             errors.append(exc)
         finally:
-            buf.close()
-            os.close(sink)
+            if buf is not None:
+                buf.close()
+            if sink is not None:
+                os.close(sink)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=work) for _ in range(depth)]
