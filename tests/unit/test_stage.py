@@ -97,6 +97,13 @@ def test_lease_is_exclusive_and_waiters_see_done(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_work_finished_between_the_check_and_the_take_hands_the_lease_back(tmp_path: Path) -> None:
+    checks = iter([False, True])  # not done when first asked; done by the time the lease file is made
+    lease = Lease(tmp_path / "lease", ttl=5, poll=0.02)
+    assert asyncio.run(lease.acquire(lambda: next(checks))) is False
+    assert not (tmp_path / "lease").exists()
+
+
 def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys; from pathlib import Path; from vllm_fleet.weights.lock import Lease; "

@@ -43,6 +43,9 @@ class Lease:
             if await asyncio.to_thread(done):
                 return False
             if await asyncio.to_thread(self._create):
+                if await asyncio.to_thread(done):  # finished between the check and the take: hand it back
+                    self.path.unlink(missing_ok=True)
+                    return False
                 self._beat = threading.Thread(target=self._heartbeat, name="vllm-fleet-lease", daemon=True)
                 self._beat.start()
                 return True
