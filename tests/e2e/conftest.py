@@ -70,9 +70,9 @@ def group_members(pgid: int) -> list[int]:
 
 
 def state_pids(spec: Path, name: str) -> list[int]:
-    """Process-group leaders of the replicas `up` recorded for ``spec``."""
+    """Process-group leaders of the engine replicas `up` recorded for ``spec``."""
     state = spec.parent / "cache" / "run" / name / "state.json"
-    return [r["pid"] for r in json.loads(state.read_text())["replicas"]]
+    return [r["pid"] for r in json.loads(state.read_text())["processes"] if r["role"] == "engine"]
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import math
 from pathlib import Path
@@ -11,8 +13,9 @@ import pytest
 from vllm_fleet.bench import datasets, report, sweep
 from vllm_fleet.bench.loadgen import RunResult
 from vllm_fleet.bench.metrics import RequestResult, parse_slo, summarize
-from vllm_fleet.bench.scrape import ServerMetrics, parse_prometheus
+from vllm_fleet.bench.scrape import ServerMetrics
 from vllm_fleet.errors import SpecError
+from vllm_fleet.wire.prometheus import parse_prometheus
 
 COUNTER = datasets.TokenCounter()
 
@@ -109,14 +112,14 @@ def test_search_doubles_then_bisects_to_the_knee():
     measured: list[float] = []
     points: list[sweep.Point] = []
 
-    def at(rate: float) -> sweep.Point:
+    async def at(rate: float) -> sweep.Point:
         measured.append(rate)
         point = _point(rate, 0.05 if rate <= 5.5 else 0.2)
         points.append(point)
         return point
 
-    at(1.0)
-    sweep._search(at, points, slo, steps=4)
+    asyncio.run(at(1.0))
+    asyncio.run(sweep._search(at, points, slo, steps=4))
     assert measured[:5] == [1.0, 2.0, 4.0, 8.0, 6.0]
     assert sweep.best_rate(points, slo) == pytest.approx(5.5, abs=0.3)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from vllm_fleet.bench.sse import SSEDecoder, iter_events
+from vllm_fleet.wire.sse import SSEDecoder, iter_events
 
 STREAM = b'data: {"a": 1}\n\ndata: {"b": 2}\r\n\r\n: comment\nevent: x\ndata: line1\ndata: line2\n\ndata: [DONE]\n\n'
 EXPECTED = [b'{"a": 1}', b'{"b": 2}', b"line1\nline2", b"[DONE]"]

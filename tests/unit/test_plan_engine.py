@@ -49,7 +49,7 @@ def test_vllm_args_follow_the_spec(tmp_path: Path) -> None:
     text = SPEC + "engine: {max_model_len: 4096, tensor_parallel_size: 2, extra_args: [--seed, '7']}\n"
     text += "resources: {gpus: 2}\n"
     plan = resolve(parse_spec(text), spec_dir=tmp_path)
-    args = engine.vllm_args(plan, model_dir="/models/tiny", port=8000)
+    args = engine.vllm_args(plan.spec, model_dir="/models/tiny", port=8000)
     pairs = dict(zip(args[::2], args[1::2], strict=False))
     assert args[:2] == ["--model", "/models/tiny"]
     assert pairs["--served-model-name"] == "tiny"
@@ -57,13 +57,13 @@ def test_vllm_args_follow_the_spec(tmp_path: Path) -> None:
     assert args[args.index("--max-model-len") + 1] == "4096"
     assert "--gpu-memory-utilization" in args
     assert args[-2:] == ["--seed", "7"]
-    assert "VLLM_CPU_KVCACHE_SPACE" not in engine.vllm_env(plan)  # a GPU replica
+    assert "VLLM_CPU_KVCACHE_SPACE" not in engine.vllm_env(plan.spec)  # a GPU replica
 
 
 def test_cpu_replica_gets_kv_cache_space_and_local_command(tmp_path: Path) -> None:
     plan = resolve(parse_spec(SPEC), spec_dir=tmp_path)
-    assert engine.vllm_env(plan)["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    argv = engine.local_command(plan, model_dir="/m", port=9100)
+    assert engine.vllm_env(plan.spec)["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    argv = engine.local_command(plan.spec, model_dir="/m", port=9100)
     assert argv[1:3] == ["-m", engine.API_SERVER_MODULE]
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert "--enforce-eager" in argv

@@ -16,8 +16,8 @@ from vllm_fleet import engine
 from vllm_fleet.errors import SpecError
 from vllm_fleet.plan import load_plan, resolve
 from vllm_fleet.spec import parse_spec
-from vllm_fleet.targets.kubernetes.bake import bake
-from vllm_fleet.targets.kubernetes.render import render, to_yaml, write_dir
+from vllm_fleet.targets.kubernetes.manifests.bake import bake
+from vllm_fleet.targets.kubernetes.manifests.render import render, to_yaml, write_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name != "quickstart.yaml")
@@ -172,7 +172,7 @@ def test_engine_is_the_plan(path: Path, env: str | None) -> None:
     pod = _deployment(objects)["spec"]["template"]["spec"]
     vllm = pod["containers"][0]
     model_dir = plan.derived["pod_model_dir"].value
-    assert vllm["args"] == engine.vllm_args(plan, model_dir=model_dir, port=plan.spec.kubernetes.port)
+    assert vllm["args"] == engine.vllm_args(plan.spec, model_dir=model_dir, port=plan.spec.kubernetes.port)
     assert pod["terminationGracePeriodSeconds"] == plan.termination_grace_s
     probe = vllm["startupProbe"]
     assert probe["periodSeconds"] * probe["failureThreshold"] >= plan.startup_budget_s

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from vllm_fleet.cli import app
-from vllm_fleet.targets.kubernetes.drain import drain, in_flight
+from vllm_fleet.ops.drain import drain
+from vllm_fleet.wire.prometheus import in_flight
 
 METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from vllm_fleet.plan import load_plan
-from vllm_fleet.targets.kubernetes.bake import bake
-from vllm_fleet.targets.kubernetes.render import render, write_dir
+from vllm_fleet.targets.kubernetes.manifests.bake import bake
+from vllm_fleet.targets.kubernetes.manifests.render import render, write_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name != "quickstart.yaml")

@@ -14,9 +14,9 @@ import pytest
 from vllm_fleet.errors import SourceError, SourceNotFound, SpecError
 from vllm_fleet.weights import cache
 from vllm_fleet.weights.checksum import hexdigest, new_hasher
-from vllm_fleet.weights.http_source import parse_index
 from vllm_fleet.weights.lock import Lease
 from vllm_fleet.weights.sources import SourceFile, open_source, select_files
+from vllm_fleet.weights.sources.http import parse_index
 from vllm_fleet.weights.stage import StageOptions, stage
 
 

@@ -25,17 +25,17 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple
 
 from vllm_fleet.bench import http1
 from vllm_fleet.bench.datasets import Prompt, TokenCounter
 from vllm_fleet.bench.metrics import RequestResult
-from vllm_fleet.bench.scrape import ServerMetrics, parse_prometheus
-from vllm_fleet.bench.sse import DONE, SSEDecoder
+from vllm_fleet.bench.scrape import ServerMetrics
+from vllm_fleet.wire.prometheus import parse_prometheus
+from vllm_fleet.wire.sse import DONE, SSEDecoder
 
-T = TypeVar("T")
 _HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 # Saturation: the backlog (sent, not finished) rose at each of the last N checks and doubled.
 _SATURATION_CHECKS = 5
@@ -389,27 +389,3 @@ def _saturated(backlog: list[int]) -> bool:
     window = backlog[-_SATURATION_CHECKS - 1 :]
     rising = all(b > a for a, b in itertools.pairwise(window))
     return rising and window[-1] >= max(2 * window[0], _SATURATION_FLOOR)
-
-
-def run(
-    config: LoadConfig,
-    prompts: list[Prompt],
-    counter: TokenCounter,
-    on_progress: Callable[[int, int | None, float], None] | None = None,
-) -> RunResult:
-    """Run once, synchronously (the CLI's one entry into the event loop), in ``config.workers`` processes if > 1."""
-    if config.workers > 1:
-        from vllm_fleet.bench.workers import run_parallel
-
-        return run_parallel(config, prompts, counter, config.workers)
-    return run_async(Runner(config, prompts, counter, on_progress).run())
-
-
-def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run``, on uvloop when it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coroutine)

@@ -10,38 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-GAUGES = {
-    "waiting": "vllm:num_requests_waiting",
-    "running": "vllm:num_requests_running",
-    "kv_cache_usage": "vllm:kv_cache_usage_perc",
-}
-COUNTERS = {
-    "prompt_tokens": "vllm:prompt_tokens_total",
-    "generation_tokens": "vllm:generation_tokens_total",
-    "prefix_cache_hits": "vllm:prefix_cache_hits_total",
-    "prefix_cache_queries": "vllm:prefix_cache_queries_total",
-    "preemptions": "vllm:num_preemptions_total",
-}
-_WANTED = {*GAUGES.values(), *COUNTERS.values()}
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Wanted metric families of a Prometheus text exposition, summed over their label sets."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        name_end = min((i for i in (line.find("{"), line.find(" ")) if i > 0), default=-1)
-        name = line[:name_end]
-        if name not in _WANTED:
-            continue
-        try:
-            rest = line.rsplit("}", 1)[-1] if line[name_end] == "{" else line[name_end:]
-            value = float(rest.split()[0])
-        except (ValueError, IndexError):
-            continue
-        values[name] = values.get(name, 0.0) + value
-    return values
+from vllm_fleet.wire.prometheus import COUNTERS, GAUGES
 
 
 @dataclass

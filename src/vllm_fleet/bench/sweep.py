@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllm_fleet.bench import loadgen
+from vllm_fleet.bench import workers
 from vllm_fleet.bench.datasets import Prompt, TokenCounter
 from vllm_fleet.bench.loadgen import LoadConfig, RunResult
 from vllm_fleet.bench.metrics import SLO, RequestResult, summarize
@@ -52,9 +52,11 @@ class BenchReport:
         return head | {"runs": points, "best_rate_within_slo": self.best_rate, "recommend_hpa": self.hpa_target}
 
 
-def measure(config: LoadConfig, prompts: list[Prompt], counter: TokenCounter, slo: SLO | None, progress=None) -> Point:
+async def measure(
+    config: LoadConfig, prompts: list[Prompt], counter: TokenCounter, slo: SLO | None, progress=None
+) -> Point:
     """Run once and summarize."""
-    run = loadgen.run(config, prompts, counter, progress)
+    run = await workers.run(config, prompts, counter, progress)
     summary = summarize(run.results, run.duration_s, slo)
     summary |= {
         "request_rate": config.request_rate if math.isfinite(config.request_rate) else "inf",  # as vLLM writes it
@@ -67,7 +69,7 @@ def measure(config: LoadConfig, prompts: list[Prompt], counter: TokenCounter, sl
     return Point(run, summary | run.server.summary())
 
 
-def sweep(
+async def sweep(
     config: LoadConfig,
     prompts: list[Prompt],
     counter: TokenCounter,
@@ -80,21 +82,21 @@ def sweep(
     """Measure each of ``rates``; with ``search``, keep doubling then bisect to the highest rate within ``slo``."""
     points: list[Point] = []
 
-    def at(rate: float) -> Point:
-        point = measure(dataclasses.replace(config, request_rate=rate), prompts, counter, slo, progress)
+    async def at(rate: float) -> Point:
+        point = await measure(dataclasses.replace(config, request_rate=rate), prompts, counter, slo, progress)
         points.append(point)
         if on_point:
             on_point(point)
         return point
 
     for rate in rates:
-        at(rate)
+        await at(rate)
     if search and slo is not None:
-        _search(at, points, slo, steps=4)
+        await _search(at, points, slo, steps=4)
     return sorted(points, key=lambda p: p.rate)
 
 
-def _search(at: Callable[[float], Point], points: list[Point], slo: SLO, steps: int) -> None:
+async def _search(at: Callable[[float], Awaitable[Point]], points: list[Point], slo: SLO, steps: int) -> None:
     passing = [p.rate for p in points if p.passed(slo) and math.isfinite(p.rate)]
     failing = [p.rate for p in points if not p.passed(slo) and math.isfinite(p.rate)]
     low = max(passing, default=0.0)
@@ -103,13 +105,13 @@ def _search(at: Callable[[float], Point], points: list[Point], slo: SLO, steps: 
         if high is not None:
             break
         rate = low * 2 if low else 1.0
-        if at(rate).passed(slo):
+        if (await at(rate)).passed(slo):
             low = rate
         else:
             high = rate
     for _ in range(steps if high is not None else 0):
         rate = round((low + high) / 2, 3)
-        if at(rate).passed(slo):
+        if (await at(rate)).passed(slo):
             low = rate
         else:
             high = rate

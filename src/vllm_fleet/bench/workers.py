@@ -1,4 +1,5 @@
-"""Several client processes, for rates one process cannot drive: each sends a share, raw samples are merged.
+"""One run of the load generator: in this event loop, or in several client processes for rates one
+process cannot drive (each sends a share, raw samples are merged).
 
 Shares split the rate, the request count and the concurrency cap; each
 process draws its own arrival times (a sum of independent Poisson processes
@@ -10,14 +11,29 @@ of them (never an average of per-process percentiles).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import multiprocessing
 import queue
+from collections.abc import Callable
 
 from vllm_fleet.bench.datasets import Prompt, TokenCounter
-from vllm_fleet.bench.loadgen import LoadConfig, Runner, RunResult, run_async
+from vllm_fleet.bench.loadgen import LoadConfig, Runner, RunResult
 from vllm_fleet.bench.metrics import RequestResult
 from vllm_fleet.bench.scrape import ServerMetrics
+from vllm_fleet.loop import run_loop
+
+
+async def run(
+    config: LoadConfig,
+    prompts: list[Prompt],
+    counter: TokenCounter,
+    on_progress: Callable[[int, int | None, float], None] | None = None,
+) -> RunResult:
+    """Run once: in this loop, or in ``config.workers`` processes when > 1 (waited for off the loop)."""
+    if config.workers > 1:
+        return await asyncio.to_thread(run_parallel, config, prompts, counter, config.workers)
+    return await Runner(config, prompts, counter, on_progress).run()
 
 
 def share(config: LoadConfig, index: int, workers: int) -> LoadConfig:
@@ -38,7 +54,7 @@ def share(config: LoadConfig, index: int, workers: int) -> LoadConfig:
 
 
 def _worker(config: LoadConfig, prompts: list[Prompt], counter: TokenCounter, barrier, results) -> None:
-    results.put(run_async(Runner(config, prompts, counter, before_start=barrier.wait).run()))
+    results.put(run_loop(Runner(config, prompts, counter, before_start=barrier.wait).run()))
 
 
 def run_parallel(config: LoadConfig, prompts: list[Prompt], counter: TokenCounter, workers: int) -> RunResult:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import typer
 
-from vllm_fleet.cli.common import EnvOpt, JsonOpt, console, err_console, errors, print_json
+from vllm_fleet.cli.common import EnvOpt, JsonOpt, console, err_console, errors, print_json, run
 
 
 def bench(
-    target: str = typer.Argument(..., help="Endpoint URL (http://host:port) or the path of a spec."),
+    target: str = typer.Argument(..., help="Endpoint URL (http://host:port or its /v1 base) or the path of a spec."),
     env: str | None = EnvOpt,
     model: str | None = typer.Option(None, help="Served model name (default: the spec's, or the first listed)."),
     endpoint: str = typer.Option("/v1/completions", help="/v1/completions or /v1/chat/completions."),
@@ -43,65 +43,34 @@ def bench(
     as_json: bool = JsonOpt,
 ) -> None:
     """Load an endpoint and report TTFT, TPOT, ITL, E2E latency, throughput and the server's queue."""
-    from vllm_fleet.bench import datasets, loadgen, metrics, report, sweep
+    from vllm_fleet.bench import report
+    from vllm_fleet.ops.bench import BenchOptions, parse_rates
 
     with errors():
-        url, spec_model, spec_tokenizer = _target(target, env)
-        rates = _rates(request_rate)
-        if search and rates == [math.inf]:
-            rates = [1.0]  # the search starts low and doubles
-        slo_obj = metrics.parse_slo(slo) if slo else None
-        if (search or recommend_hpa) and slo_obj is None:
-            from vllm_fleet.errors import SpecError
-
-            raise SpecError("--search and --recommend-hpa need an SLO", fix="add --slo p95_ttft_ms<=1000")
-        counter = datasets.load_tokenizer(tokenizer or spec_tokenizer)
-        count = num_prompts or (None if duration else 100)
-        prompts = datasets.load_prompts(
-            dataset_name,
-            count or 1000,
-            counter,
-            path=dataset_path,
+        opts = BenchOptions(
+            model=model,
+            endpoint=endpoint,
+            rates=parse_rates(request_rate),
+            burstiness=burstiness,
+            max_concurrency=max_concurrency,
+            num_prompts=num_prompts,
+            duration_s=duration,
+            warmup=warmup,
+            dataset_name=dataset_name,
+            dataset_path=dataset_path,
             input_len=random_input_len,
             output_len=random_output_len,
             prefix_groups=prefix_groups,
             prefix_len=prefix_len,
-            seed=seed,
-        )
-        served = model or spec_model or _first_model(url)
-        config = loadgen.LoadConfig(
-            url=url,
-            model=served,
-            endpoint=endpoint,
-            request_rate=rates[0],
-            burstiness=burstiness,
-            max_concurrency=max_concurrency,
-            num_prompts=count,
-            duration_s=duration,
-            warmup=warmup,
             ignore_eos=ignore_eos,
+            tokenizer=tokenizer,
+            slo=slo,
+            search=search,
+            recommend_hpa=recommend_hpa,
             seed=seed,
             workers=workers,
         )
-        settings = {
-            "endpoint": endpoint,
-            "dataset": dataset_name,
-            "num_prompts": count,
-            "duration_s": duration,
-            "max_concurrency": max_concurrency,
-            "burstiness": burstiness,
-            "workers": workers,
-            "input_len": random_input_len,
-            "output_len": random_output_len,
-            "ignore_eos": ignore_eos,
-            "tokenizer": counter.source,
-        }
-        result = sweep.BenchReport(url, served, settings, slo=slo_obj)
-        result.points = _run(config, prompts, counter, rates, slo_obj, search, quiet=as_json)
-        if slo_obj is not None and (len(result.points) > 1 or search):
-            result.best_rate = sweep.best_rate(result.points, slo_obj)
-        if recommend_hpa:
-            result.hpa_target = sweep.recommend_hpa(result.points, slo_obj)
+        result = _run(target, env, opts, quiet=as_json)
         if csv:
             report.write_csv(result, csv)
         if html:
@@ -114,15 +83,15 @@ def bench(
         errors_seen = {k: v for p in result.points for k, v in p.summary["errors"].items()}
         err_console.print(f"[bold red]error:[/] no request succeeded at {result.url} ({errors_seen})")
         raise typer.Exit(1)
-    if slo_obj is not None and not any(p.passed(slo_obj) for p in result.points):
+    if result.slo is not None and not any(p.passed(result.slo) for p in result.points):
         raise typer.Exit(1)
 
 
-def _run(config, prompts, counter, rates, slo, search: bool, quiet: bool):
+def _run(target: str, env: str | None, opts, quiet: bool):
     """Every run, with a live progress line per run on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vllm_fleet.bench import sweep
+    from vllm_fleet.ops.bench import run_bench
 
     with Progress(
         TextColumn("{task.description}"),
@@ -151,7 +120,7 @@ def _run(config, prompts, counter, rates, slo, search: bool, quiet: bool):
                     line + (f" [red]{point.run.stopped_early}[/]" if point.run.stopped_early else "")
                 )
 
-        return sweep.sweep(config, prompts, counter, rates, slo, search, on_point=on_point, progress=on_progress)
+        return run(run_bench(target, env, opts, on_point=on_point, on_progress=on_progress))
 
 
 def _print(result) -> None:
@@ -178,43 +147,6 @@ def _print(result) -> None:
 
 def _rate(rate: float) -> str:
     return "max rate" if math.isinf(rate) else f"{rate:g} req/s"
-
-
-def _rates(text: str) -> list[float]:
-    from vllm_fleet.errors import SpecError
-
-    try:
-        rates = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise SpecError(f"--request-rate {text!r} is not a number or a list", fix="e.g. 4, inf or 1,2,4,8") from exc
-    if not rates or any(r <= 0 for r in rates):
-        raise SpecError(f"--request-rate {text!r} must be positive", fix="e.g. 4, inf or 1,2,4,8")
-    return rates
-
-
-def _target(target: str, env: str | None) -> tuple[str, str | None, Path | None]:
-    """(URL, the spec's served name, the staged model directory as tokenizer) of a URL or a spec."""
-    if target.startswith(("http://", "https://")):
-        return target.rstrip("/"), None, None
-    from vllm_fleet.plan import load_plan
-    from vllm_fleet.targets import local
-
-    plan = load_plan(target, env)
-    urls = [r.url for r in local.running(plan)] or plan.endpoints
-    return urls[0], plan.served_name, plan.model_dir
-
-
-def _first_model(url: str) -> str:
-    """The first model the endpoint lists (as `vllm bench serve` does without --model)."""
-    import httpx
-
-    from vllm_fleet.errors import CheckFailed
-
-    try:
-        data = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
-        return data[0]["id"]
-    except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
-        raise CheckFailed(f"cannot list models at {url}/v1/models: {exc}", fix="pass --model NAME") from exc
 
 
 def register(app: typer.Typer) -> None:

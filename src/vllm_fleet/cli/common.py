@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +19,7 @@ class _State:
     debug: bool = False
 
 
+T = TypeVar("T")
 state = _State()
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -47,6 +48,13 @@ def errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130) from None
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The CLI's one entry into the event loop (uvloop when installed)."""
+    from vllm_fleet.loop import run_loop
+
+    return run_loop(coroutine)
 
 
 def print_json(data: Any) -> None:

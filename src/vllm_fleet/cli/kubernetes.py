@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from vllm_fleet.cli.common import EnvOpt, JsonOpt, SpecArg, console, err_console, errors, print_json
+from vllm_fleet.cli.common import EnvOpt, JsonOpt, SpecArg, console, err_console, errors, print_json, run
 
 OutOpt = typer.Option(None, "--output", "-o", help="Write one file per object and a kustomization.yaml here.")
 
@@ -15,8 +15,8 @@ OutOpt = typer.Option(None, "--output", "-o", help="Write one file per object an
 def render(spec: str = SpecArg, env: str | None = EnvOpt, out: Path | None = OutOpt, as_json: bool = JsonOpt) -> None:
     """Render SPEC as Kubernetes YAML (stdout, or files under -o DIR); lint warnings go to stderr."""
     from vllm_fleet.plan import load_plan
-    from vllm_fleet.targets.kubernetes.render import render as build
-    from vllm_fleet.targets.kubernetes.render import to_yaml, write_dir
+    from vllm_fleet.targets.kubernetes.manifests.render import render as build
+    from vllm_fleet.targets.kubernetes.manifests.render import to_yaml, write_dir
 
     with errors():
         plan = load_plan(spec, env)
@@ -35,8 +35,8 @@ def render(spec: str = SpecArg, env: str | None = EnvOpt, out: Path | None = Out
 def bake(spec: str = SpecArg, env: str | None = EnvOpt, out: Path | None = OutOpt, as_json: bool = JsonOpt) -> None:
     """Print (or write to -o DIR/bake.yaml) the Job that fills a disk, and the commands that image it per zone."""
     from vllm_fleet.plan import load_plan
-    from vllm_fleet.targets.kubernetes.bake import bake as build
-    from vllm_fleet.targets.kubernetes.render import to_yaml
+    from vllm_fleet.targets.kubernetes.manifests.bake import bake as build
+    from vllm_fleet.targets.kubernetes.manifests.render import to_yaml
 
     with errors():
         result = build(load_plan(spec, env))
@@ -61,11 +61,9 @@ def drain(
     as_json: bool = JsonOpt,
 ) -> None:
     """Wait until vLLM reports no running or waiting request (a preStop hook). Exit 1 on timeout."""
-    import asyncio
+    from vllm_fleet.ops.drain import drain as run_drain
 
-    from vllm_fleet.targets.kubernetes.drain import drain as run_drain
-
-    result = asyncio.run(run_drain(url, timeout_s=timeout, settle_s=settle))
+    result = run(run_drain(url, timeout_s=timeout, settle_s=settle))
     if as_json:
         print_json(result.to_dict())
     else:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from vllm_fleet.cli.common import EnvOpt, JsonOpt, console, errors, print_json
+from vllm_fleet.cli.common import EnvOpt, JsonOpt, console, errors, print_json, run
 
 
 def verify(
-    target: str = typer.Argument(..., help="Endpoint URL (http://host:port) or the path of a spec."),
+    target: str = typer.Argument(..., help="Endpoint URL (http://host:port or its /v1 base) or the path of a spec."),
     env: str | None = EnvOpt,
     model: str | None = typer.Option(None, help="Served model name (default: the spec's, or the first listed)."),
     requests: int | None = typer.Option(None, min=1, help="Requests for the latency check (default: spec or 20)."),
@@ -17,11 +17,7 @@ def verify(
 ) -> None:
     """Check health, model list, chat, streaming, and the p95 latency SLO. Exit 1 if one fails."""
     with errors():
-        urls, settings = _targets(target, env)
-        settings["model"] = model or settings.get("model")
-        settings["requests"] = requests or settings.get("requests", 20)
-        settings["slo_p95_s"] = slo or settings.get("slo_p95_s", 3.0)
-        reports = run_verify(urls, **settings)
+        reports = run(_verify(target, env, model, requests, slo))
     if as_json:
         print_json([r.to_dict() for r in reports])
     else:
@@ -30,26 +26,21 @@ def verify(
         raise typer.Exit(1)
 
 
-def run_verify(urls: list[str], **settings):
-    """Verify each endpoint in turn (one event loop for all)."""
-    import asyncio
+async def _verify(target: str, env: str | None, model: str | None, requests: int | None, slo: float | None) -> list:
+    import dataclasses
 
-    from vllm_fleet.probe import verify as probe
+    from vllm_fleet.ops.endpoints import open_endpoints
+    from vllm_fleet.verify import VerifySettings, verify_all
 
-    async def all_of() -> list:
-        return [await probe(url, **settings) for url in urls]
-
-    return asyncio.run(all_of())
-
-
-def settings_from_plan(plan) -> dict:
-    slo = plan.spec.slo
-    return {
-        "model": plan.served_name,
-        "requests": slo.requests,
-        "slo_p95_s": slo.p95_latency_s,
-        "max_tokens": slo.max_tokens,
-    }
+    async with open_endpoints(target, env) as found:
+        settings = VerifySettings.of(found.plan) if found.plan else VerifySettings()
+        settings = dataclasses.replace(
+            settings,
+            model=model or settings.model,
+            requests=requests or settings.requests,
+            slo_p95_s=slo or settings.slo_p95_s,
+        )
+        return await verify_all(found.urls, settings)
 
 
 def print_reports(reports) -> None:
@@ -67,17 +58,6 @@ def print_reports(reports) -> None:
             console.print(f"[green]verified[/] {report.url}: ready (/health 200 and model listed; vLLM has no /ready)")
         else:
             console.print(f"[red]failed check: {report.failed_check}[/] at {report.url}")
-
-
-def _targets(target: str, env: str | None) -> tuple[list[str], dict]:
-    if target.startswith(("http://", "https://")):
-        return [target], {}
-    from vllm_fleet.plan import load_plan
-    from vllm_fleet.targets import local
-
-    plan = load_plan(target, env)
-    urls = [r.url for r in local.running(plan)] or plan.endpoints
-    return urls, settings_from_plan(plan)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vllm_fleet.cli.common import JsonOpt, console, errors, print_json
+from vllm_fleet.cli.common import JsonOpt, console, errors, print_json, run
 
 
 def stage(
@@ -29,8 +29,7 @@ def stage(
     """Fetch a model into the cache: parallel ranges, verified, resumable, marker written last."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    from vllm_fleet.weights.stage import StageOptions
-    from vllm_fleet.weights.stage import stage as run_stage
+    from vllm_fleet.weights.stage import StageOptions, stage_async
 
     options = StageOptions(
         tuple(include), tuple(exclude), all_weights, chunk_mib << 20, concurrency, retries,
@@ -41,12 +40,14 @@ def stage(
         TimeRemainingColumn(), console=console, disable=as_json, transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task("staging", total=None)
-        result = run_stage(
-            source,
-            dest,
-            revision=revision,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-            options=options,
+        result = run(
+            stage_async(
+                source,
+                dest,
+                revision=revision,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                options=options,
+            )
         )
     if as_json:
         print_json(result.to_dict())

@@ -1,0 +1,39 @@
+"""What `verify` and `bench` point at: a URL as given, or the replicas of a spec, reached through its target.
+
+A spec's endpoints come from its target, never from local numbers: a Kubernetes spec
+is reached through the cluster (a port-forward held open while the caller works), and
+until that is built its target says so instead of testing 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from vllm_fleet.plan import Plan, load_plan
+from vllm_fleet.targets import target_for
+from vllm_fleet.wire.openai import server_root
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Server roots to load, and the Plan they belong to (None for a bare URL)."""
+
+    urls: list[str]
+    plan: Plan | None = None
+
+
+def is_url(where: str) -> bool:
+    return where.startswith(("http://", "https://"))
+
+
+@asynccontextmanager
+async def open_endpoints(where: str, env: str | None = None) -> AsyncIterator[Endpoints]:
+    """``where`` is a URL (server root or /v1 base) or a spec path; the endpoints stay reachable inside."""
+    if is_url(where):
+        yield Endpoints([server_root(where)])
+        return
+    plan = load_plan(where, env)
+    async with target_for(plan).endpoints() as urls:
+        yield Endpoints(urls, plan)

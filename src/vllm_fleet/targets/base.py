@@ -1,0 +1,127 @@
+"""The Target interface: what every place that runs engines does, so the flow in ``ops`` is written once.
+
+    preflight   every check that can fail before anything is started or written
+    up          start the replicas and wait until each is healthy (or raise, leaving nothing behind)
+    down        stop everything ``up`` started
+    status      each replica's state
+    endpoints   URLs that reach the replicas from here, for verify and bench (a context manager:
+                the Kubernetes target holds a port-forward open for as long as it is entered)
+    restart     replace the replicas one at a time
+    doctor      what is wrong, with the evidence and the fix
+
+Targets never import each other; ``targets.target_for`` picks one for a Plan.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from vllm_fleet.errors import TargetError
+from vllm_fleet.plan import Plan
+
+Role = Literal["engine", "router"]
+Severity = Literal["pass", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One serving process or pod: where it answers and where its log is."""
+
+    index: int
+    url: str  # server root (no /v1)
+    role: Role = "engine"
+    pid: int | None = None
+    log: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """A replica and what it is doing: alive (the process or pod exists) and healthy (/health 200)."""
+
+    replica: Replica
+    alive: bool
+    healthy: bool
+
+    @property
+    def state(self) -> str:
+        return "healthy" if self.healthy else ("alive, not healthy" if self.alive else "dead")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.replica.url, "pid": self.replica.pid, "alive": self.alive, "healthy": self.healthy}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check of preflight or doctor: what was found and, when it is not a pass, the fix."""
+
+    check: str
+    severity: Severity
+    detail: str
+    fix: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UpResult:
+    """What ``up`` brought up, with notes worth printing (a prefetch's result, a fallback taken)."""
+
+    replicas: list[Replica]
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON-ready details for --json (prefetch, ...)
+
+
+class Reporter:
+    """How a target tells a person what it is doing while it works. This one says nothing (``--json``)."""
+
+    def phase(self, text: str) -> None:
+        """A long step began (staging, waiting): shown until the next line."""
+
+    def line(self, text: str) -> None:
+        """A result worth a line of its own."""
+
+    def replica(self, index: int, url: str, state: str) -> None:
+        """Replica ``index`` at ``url`` is now in ``state`` ('healthy' when done)."""
+
+
+QUIET = Reporter()
+
+
+class Target(ABC):
+    """A place that runs the replicas of one Plan."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+
+    @abstractmethod
+    async def preflight(self) -> list[Finding]: ...
+
+    @abstractmethod
+    async def up(self, report: Reporter = QUIET) -> UpResult: ...
+
+    @abstractmethod
+    async def down(self) -> list[Replica]: ...
+
+    @abstractmethod
+    async def status(self) -> list[ReplicaStatus]: ...
+
+    @abstractmethod
+    def endpoints(self) -> AbstractAsyncContextManager[list[str]]: ...
+
+    @abstractmethod
+    async def restart(self, report: Reporter = QUIET) -> UpResult: ...
+
+    @abstractmethod
+    async def doctor(self) -> list[Finding]: ...
+
+
+def not_built(target: str, what: str, instead: str) -> TargetError:
+    """The error of a target method that a later issue fills: says what works today instead."""
+    return TargetError(f"{what} on the {target} target is not built yet", fix=instead)

@@ -1,0 +1,120 @@
+"""Who reaches the pods, and how many may leave at once: Service, Gateway, NetworkPolicy, PDB, ServiceAccount."""
+
+from __future__ import annotations
+
+from vllm_fleet.plan import Plan
+from vllm_fleet.targets.kubernetes.manifests.objects import Obj, meta, selector, service_account_name
+
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+# Namespaces the scrapers run in, let through the NetworkPolicy to read /metrics.
+SCRAPER_NAMESPACE = {"podmonitoring": "gmp-system", "servicemonitor": "monitoring"}
+
+
+def service(plan: Plan) -> Obj:
+    port = plan.spec.kubernetes.port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(plan, plan.name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(plan),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def service_account(plan: Plan) -> Obj:
+    """The pods' identity; on GKE, Workload Identity maps it to an IAM service account (no key files)."""
+    extra = {}
+    if plan.spec.kubernetes.gcp_service_account:
+        extra["annotations"] = {"iam.gke.io/gcp-service-account": plan.spec.kubernetes.gcp_service_account}
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": meta(plan, service_account_name(plan), **extra),
+        "automountServiceAccountToken": False,
+    }
+
+
+def disruption_budget(plan: Plan) -> Obj:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(plan, plan.name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(plan)}},
+    }
+
+
+def network_policy(plan: Plan) -> Obj:
+    """Ingress to the engine port only: same namespace, the scraper's namespace, named namespaces and CIDRs."""
+    k8s = plan.spec.kubernetes
+    namespaces = set(k8s.allowed_namespaces)
+    if plan.spec.monitoring.scraper in SCRAPER_NAMESPACE:
+        namespaces.add(SCRAPER_NAMESPACE[plan.spec.monitoring.scraper])
+    peers: list[Obj] = [{"podSelector": {}}]
+    peers += [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}} for ns in sorted(namespaces)]
+    peers += [{"ipBlock": {"cidr": cidr}} for cidr in k8s.allowed_cidrs]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(plan, plan.name),
+        "spec": {
+            "podSelector": {"matchLabels": selector(plan)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": k8s.port}]}],
+        },
+    }
+
+
+def deny_ingress(plan: Plan, component: str) -> Obj:
+    """A NetworkPolicy letting nothing in: for Job pods that only download."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(plan, f"{plan.name}-{component}", component),
+        "spec": {
+            "podSelector": {
+                "matchLabels": {"app.kubernetes.io/name": plan.name, "app.kubernetes.io/component": component}
+            },
+            "policyTypes": ["Ingress"],
+        },
+    }
+
+
+def gateway(plan: Plan) -> list[Obj]:
+    """Gateway API Gateway + HTTPRoute to the Service."""
+    gw = plan.spec.gateway
+    listener: Obj = {"name": "http", "protocol": "HTTP", "port": gw.port}
+    if gw.hostname:
+        listener["hostname"] = gw.hostname
+    listener["allowedRoutes"] = {"namespaces": {"from": "Same"}}
+    route: Obj = {"parentRefs": [{"name": plan.name}]}
+    if gw.hostname:
+        route["hostnames"] = [gw.hostname]
+    route["rules"] = [{
+        "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+        "backendRefs": [{"name": plan.name, "port": plan.spec.kubernetes.port}],
+    }]  # fmt: skip
+    objects = [
+        {"apiVersion": GATEWAY_API, "kind": "Gateway", "metadata": meta(plan, plan.name),
+         "spec": {"gatewayClassName": gw.class_name, "listeners": [listener]}},
+        {"apiVersion": GATEWAY_API, "kind": "HTTPRoute", "metadata": meta(plan, plan.name), "spec": route},
+    ]  # fmt: skip
+    if plan.spec.kubernetes.platform == "gke":
+        objects.append(_gke_health_check(plan))
+    return objects
+
+
+def _gke_health_check(plan: Plan) -> Obj:
+    """GKE's Gateway health-checks `/` by default; vLLM answers 404 there, so every backend looks down."""
+    http = {"requestPath": "/health", "port": plan.spec.kubernetes.port}
+    return {
+        "apiVersion": "networking.gke.io/v1",
+        "kind": "HealthCheckPolicy",
+        "metadata": meta(plan, plan.name),
+        "spec": {
+            "default": {"config": {"type": "HTTP", "httpHealthCheck": http}},
+            "targetRef": {"group": "", "kind": "Service", "name": plan.name},
+        },
+    }

@@ -1,0 +1,151 @@
+"""The local target, the embedded default: vLLM replicas as processes on this machine.
+
+    state.py    what was started (role, process group, leader start time), in <run_dir>/state.json
+    process.py  spawn in a new session, recognise our groups (pids get reused), stop whole groups
+    health.py   wait until each replica answers /health, with the log's tail when one fails
+
+``up`` stages the weights into the cache, then starts every replica (prefetching the
+weights into the page cache beside vLLM's start when ``local.prefetch``) and waits
+for all of them; on any failure or interrupt it stops every group it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+
+from vllm_fleet import engine
+from vllm_fleet.errors import EngineError, FleetError, TargetError
+from vllm_fleet.targets.base import QUIET, Finding, Replica, ReplicaStatus, Reporter, Target, UpResult, not_built
+from vllm_fleet.targets.local import process
+from vllm_fleet.targets.local.health import wait_healthy
+from vllm_fleet.targets.local.state import ProcessRecord, clear_state, read_state, write_state
+from vllm_fleet.weights import cache
+from vllm_fleet.weights.prefetch import PrefetchHandle, PrefetchResult, start_prefetch
+from vllm_fleet.weights.stage import stage_async
+from vllm_fleet.wire.health import is_healthy
+
+
+class LocalTarget(Target):
+    """A Plan as processes on this machine."""
+
+    def running(self) -> list[ProcessRecord]:
+        """Records whose process group is still ours and alive."""
+        return [r for r in read_state(self.plan.run_dir) if process.leader_alive(r.pid, r.start_ticks)]
+
+    async def preflight(self) -> list[Finding]:
+        plan, findings = self.plan, []
+        if alive := self.running():
+            raise TargetError(
+                f"{plan.name} is already running ({len(alive)} replica(s), first at {alive[0].url})",
+                fix=f"use it, or stop it first: vllm-fleet down SPEC{' --env ' + plan.env if plan.env else ''}",
+            )
+        installed = engine.installed_engine()
+        findings.append(Finding("engine", "pass", f"{installed.distribution} {installed.version}"))
+        for port in plan.ports:
+            process.check_port_free(plan.spec.local.host, port)
+        findings.append(Finding("ports", "pass", f"{', '.join(map(str, plan.ports))} free on {plan.spec.local.host}"))
+        return findings
+
+    async def up(self, report: Reporter = QUIET) -> UpResult:
+        plan = self.plan
+        report.phase(f"staging {plan.source}")
+        staged = await stage_async(plan.source, plan.model_dir, revision=plan.spec.model.revision)
+        how = "cached" if staged.skipped else "staged"
+        report.line(f"model: {plan.model_dir} ({staged.bytes_total / 1e6:.0f} MB, {how})")
+        if not cache.is_complete(plan.model_dir):
+            raise EngineError(
+                f"{plan.model_dir} has no completion marker: the model is not fully staged",
+                fix="run `vllm-fleet stage` for this spec (up stages before it starts)",
+            )
+        warming = start_prefetch(plan.model_dir) if plan.spec.local.prefetch else None
+        try:
+            replicas = await self._start(report)
+        finally:
+            if warming:
+                await asyncio.to_thread(warming.stop)  # the engine has its weights (or failed): nothing to warm
+        result = UpResult(replicas, extra={"prefetch": None})
+        if warming:
+            prefetched = _prefetch_result(warming, plan.model_dir)
+            result.extra["prefetch"] = prefetched.to_dict()
+            result.notes.append(_prefetch_line(prefetched))
+        return result
+
+    async def _start(self, report: Reporter) -> list[Replica]:
+        plan = self.plan
+        records: list[ProcessRecord] = []
+        procs: list[subprocess.Popen] = []
+        env = os.environ | engine.vllm_env(plan.spec)
+        try:
+            for index, port in enumerate(plan.ports):
+                plan.run_dir.mkdir(parents=True, exist_ok=True)
+                log = plan.run_dir / f"replica-{index}.log"
+                argv = engine.local_command(plan.spec, model_dir=str(plan.model_dir), port=port)
+                proc = process.spawn(argv, env, log)
+                procs.append(proc)
+                ticks = process.start_ticks(proc.pid) or 0
+                records.append(ProcessRecord("engine", index, proc.pid, ticks, port, plan.endpoints[index], str(log)))
+                write_state(plan.run_dir, records)
+                report.replica(index, plan.endpoints[index], "starting")
+            await wait_healthy(records, procs, plan.spec.local.start_timeout_s, report)
+        except BaseException:
+            groups = [r.pid for r in records]
+            for r in records:
+                report.replica(r.index, r.url, "stopping")
+            try:
+                await process.stop_groups(groups)
+            finally:
+                process.kill_groups(groups)  # also when a second Ctrl-C cut the graceful stop short
+                clear_state(plan.run_dir)
+            raise
+        return [r.replica for r in records]
+
+    async def down(self) -> list[Replica]:
+        records = read_state(self.plan.run_dir)
+        ours = [r for r in records if process.is_ours(r.pid, r.start_ticks)]
+        await process.stop_groups([r.pid for r in ours])
+        clear_state(self.plan.run_dir)
+        return [r.replica for r in ours]
+
+    async def status(self) -> list[ReplicaStatus]:
+        out = []
+        async with httpx.AsyncClient(trust_env=False) as client:
+            for r in read_state(self.plan.run_dir):
+                alive = process.leader_alive(r.pid, r.start_ticks)
+                out.append(ReplicaStatus(r.replica, alive, alive and await is_healthy(client, r.url)))
+        return out
+
+    @asynccontextmanager
+    async def endpoints(self) -> AsyncIterator[list[str]]:
+        """The running replicas' URLs; the spec's own ports when nothing of ours runs (an endpoint started by hand)."""
+        yield [r.url for r in self.running() if r.role == "engine"] or self.plan.endpoints
+
+    async def restart(self, report: Reporter = QUIET) -> UpResult:
+        raise not_built("local", "restart", "vllm-fleet down SPEC, then vllm-fleet up SPEC")
+
+    async def doctor(self) -> list[Finding]:
+        raise not_built("local", "doctor", "read the replica logs under the run dir (vllm-fleet status SPEC)")
+
+
+def _prefetch_result(warming: PrefetchHandle, model_dir: Path) -> PrefetchResult:
+    """The prefetch's result; its failure is reported, never fatal (the engine reads the weights anyway)."""
+    try:
+        result = warming.wait()
+    except FleetError as exc:
+        return PrefetchResult(str(model_dir), 0, 0, 0, 0, 0.0, complete=False, stopped=exc.message)
+    assert result is not None  # stopped and joined: it has finished
+    return result
+
+
+def _prefetch_line(p: PrefetchResult) -> str:
+    return (
+        f"prefetch: {p.bytes_read / 1e6:.0f} MB read into the page cache in {p.seconds:.1f} s "
+        f"({p.gbps:.2f} GB/s, {p.bytes_cached_before / 1e6:.0f} MB were cached already)"
+        + (f"; stopped: {p.stopped}" if p.stopped else "")
+    )

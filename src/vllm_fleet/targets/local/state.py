@@ -1,0 +1,58 @@
+"""What the local target started, on disk: ``<run_dir>/state.json``, one record per process.
+
+Each record says the process's role (engine or router), its process group and the
+leader's start time, so a later ``down`` or ``status`` can tell our processes from
+strangers that reuse a pid. Written atomically after every spawn, so a crash of ours
+never loses a started process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vllm_fleet.targets.base import Replica, Role
+from vllm_fleet.weights.cache import write_atomic
+
+STATE = "state.json"
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """One process we started, in its own session (pgid == pid)."""
+
+    role: Role
+    index: int
+    pid: int
+    start_ticks: int  # the leader's start time (/proc/PID/stat field 22): a reused pid has another
+    port: int
+    url: str
+    log: str
+
+    @property
+    def replica(self) -> Replica:
+        return Replica(self.index, self.url, self.role, self.pid, self.log)
+
+
+def state_path(run_dir: Path) -> Path:
+    return run_dir / STATE
+
+
+def read_state(run_dir: Path) -> list[ProcessRecord]:
+    """The records of ``run_dir``; none when there is no state (or it is unreadable)."""
+    try:
+        raw = json.loads(state_path(run_dir).read_text())
+        return [ProcessRecord(**r) for r in raw["processes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def write_state(run_dir: Path, records: list[ProcessRecord]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({"processes": [asdict(r) for r in records]}, indent=2).encode()
+    write_atomic(state_path(run_dir), body)
+
+
+def clear_state(run_dir: Path) -> None:
+    state_path(run_dir).unlink(missing_ok=True)
