@@ -41,10 +41,12 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from vllm_fleet.bench import datasets, loadgen, metrics
+from vllm_fleet.bench import datasets, loadgen, metrics, workers
 from vllm_fleet.bench.loadgen import LoadConfig
+from vllm_fleet.loop import run_loop
 
 HERE = Path(__file__).resolve().parent
+FAKE_ENGINE = HERE.parent / "tests" / "servers" / "fake_engine.py"
 TOKENIZER = HERE.parent / ".cache" / "demo" / "smollm2-135m-instruct"
 
 
@@ -55,7 +57,7 @@ def free_port() -> int:
 
 
 def start_yardstick(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, str(HERE / "yardstick.py"), "--port", str(port)])
+    proc = subprocess.Popen([sys.executable, str(FAKE_ENGINE), "--port", str(port)])
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) > 1:  # server and client on different cores, so neither measures the other
         os.sched_setaffinity(proc.pid, cores[-1:])
@@ -73,7 +75,7 @@ def start_yardstick(port: int) -> subprocess.Popen:
 def ours(config: LoadConfig, prompts: list[datasets.Prompt]) -> tuple[loadgen.RunResult, float]:
     """One run of our client; returns it and the client CPU seconds it used."""
     cpu = time.process_time()
-    run = loadgen.run(config, prompts, datasets.TokenCounter())
+    run = run_loop(workers.run(config, prompts, datasets.TokenCounter()))
     return run, time.process_time() - cpu
 
 
@@ -112,7 +114,7 @@ def timer_floor_ms(config: LoadConfig) -> tuple[float, float]:
             late.append((time.perf_counter() - start - at) * 1000)
         return late
 
-    late = sorted(loadgen.run_async(lateness()))
+    late = sorted(run_loop(lateness()))
     return metrics.percentile(late, 99), late[-1]
 
 

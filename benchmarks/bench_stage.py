@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.servers import Nginx, free_port  # noqa: E402
+from tests.servers import Nginx, free_port  # noqa: E402
 
 MiB = 1 << 20
 RUNNER = """

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import ROOT
 from vllm_fleet.plan import load_plan
 from vllm_fleet.targets.kubernetes.manifests.bake import bake
 from vllm_fleet.targets.kubernetes.manifests.render import render, write_dir
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name != "quickstart.yaml")
 
 # Findings we accept, and why. Anything else fails the test.

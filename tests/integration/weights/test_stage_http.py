@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.servers import Fault, Nginx, Origin
+from tests.servers import Fault, Nginx, Origin
 from vllm_fleet.errors import CacheError, SourceError, SourceForbidden, SourceNotFound
 from vllm_fleet.weights import cache
 from vllm_fleet.weights.stage import StageOptions, stage

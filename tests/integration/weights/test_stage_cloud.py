@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.servers import HubServer, free_port
+from tests.servers import HubServer, free_port
 from vllm_fleet.errors import SourceError, SourceForbidden, SourceNotFound
 from vllm_fleet.weights import cache
 from vllm_fleet.weights.stage import StageOptions, stage

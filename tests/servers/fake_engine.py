@@ -8,7 +8,7 @@ served) exist too. With ``--itl-ms`` the tokens are spaced in time; with 0
 (default) the whole answer goes in one write, so the server costs almost
 nothing and a load generator's own limits show.
 
-    python benchmarks/yardstick.py --port 8011 [--itl-ms 0]
+    python tests/servers/fake_engine.py --port 8011 [--itl-ms 0]
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.servers import Origin
+from tests.servers import Origin
 from vllm_fleet.weights import cache
 
 pytestmark = pytest.mark.integration

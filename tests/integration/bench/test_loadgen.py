@@ -1,6 +1,6 @@
 """`vllm-fleet bench` end to end against real servers on loopback.
 
-The yardstick (benchmarks/yardstick.py, a fast streaming OpenAI-compatible
+The yardstick (tests/servers/fake_engine.py, a fast streaming OpenAI-compatible
 server) and, started here, a server that misbehaves on purpose and one that
 serves one request at a time (so it saturates, and its /metrics queue is real).
 """
@@ -22,10 +22,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from tests import ROOT
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+
 CLI = str(Path(sys.executable).parent / "vllm-fleet")
+FAKE_ENGINE = ROOT / "tests" / "servers" / "fake_engine.py"
 
 
 def _free_port() -> int:
@@ -40,7 +43,9 @@ def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def _yardstick(*args: str) -> Iterator[str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "yardstick.py"), "--port", str(port), *args])
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "servers" / "fake_engine.py"), "--port", str(port), *args]
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):

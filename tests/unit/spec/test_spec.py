@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import ROOT
 from vllm_fleet.errors import SpecError
 from vllm_fleet.spec import load_spec, parse_spec
 
-ROOT = Path(__file__).resolve().parents[2]
 GOOD = """\
 name: demo
 model:

@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests import ROOT
 from vllm_fleet import engine
 from vllm_fleet.errors import SpecError
 from vllm_fleet.plan import load_plan, resolve
@@ -19,7 +20,6 @@ from vllm_fleet.spec import parse_spec
 from vllm_fleet.targets.kubernetes.manifests.bake import bake
 from vllm_fleet.targets.kubernetes.manifests.render import render, to_yaml, write_dir
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name != "quickstart.yaml")
 CRDS = ROOT / "tests" / "data" / "crds"
 # The oldest version we promise (native sidecars are on by default from 1.29) and the newest the validator knows.
