@@ -43,6 +43,8 @@ class LiveReporter(Reporter):
         self._end_status()
         if self._live is not None:
             self._live.stop()
+            if not self.console.is_terminal:
+                self.console.line()  # off a terminal, Live ends its last frame without a newline
             self._live = None
             self.rows = {}
 

@@ -16,31 +16,16 @@ def verify(
     as_json: bool = JsonOpt,
 ) -> None:
     """Check health, model list, chat, streaming, and the p95 latency SLO. Exit 1 if one fails."""
+    from vllm_fleet.ops.endpoints import verify_endpoints
+
     with errors():
-        reports = run(_verify(target, env, model, requests, slo))
+        reports = run(verify_endpoints(target, env, model=model, requests=requests, slo_p95_s=slo))
     if as_json:
         print_json([r.to_dict() for r in reports])
     else:
         print_reports(reports)
     if not all(r.passed for r in reports):
         raise typer.Exit(1)
-
-
-async def _verify(target: str, env: str | None, model: str | None, requests: int | None, slo: float | None) -> list:
-    import dataclasses
-
-    from vllm_fleet.ops.endpoints import open_endpoints
-    from vllm_fleet.verify import VerifySettings, verify_all
-
-    async with open_endpoints(target, env) as found:
-        settings = VerifySettings.of(found.plan) if found.plan else VerifySettings()
-        settings = dataclasses.replace(
-            settings,
-            model=model or settings.model,
-            requests=requests or settings.requests,
-            slo_p95_s=slo or settings.slo_p95_s,
-        )
-        return await verify_all(found.urls, settings)
 
 
 def print_reports(reports) -> None:

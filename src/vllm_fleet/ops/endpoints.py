@@ -1,4 +1,5 @@
-"""What `verify` and `bench` point at: a URL as given, or the replicas of a spec, reached through its target.
+"""What `verify` and `bench` point at: a URL as given, or the replicas of a spec, reached through its target;
+and `verify` of either.
 
 A spec's endpoints come from its target, never from local numbers: a Kubernetes spec
 is reached through the cluster (a port-forward held open while the caller works), and
@@ -7,12 +8,14 @@ until that is built its target says so instead of testing 127.0.0.1.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from vllm_fleet.plan import Plan, load_plan
 from vllm_fleet.targets import target_for
+from vllm_fleet.verify import VerifyReport, VerifySettings, verify_all
 from vllm_fleet.wire.openai import server_root
 
 
@@ -37,3 +40,23 @@ async def open_endpoints(where: str, env: str | None = None) -> AsyncIterator[En
     plan = load_plan(where, env)
     async with target_for(plan).endpoints() as urls:
         yield Endpoints(urls, plan)
+
+
+async def verify_endpoints(
+    where: str,
+    env: str | None = None,
+    *,
+    model: str | None = None,
+    requests: int | None = None,
+    slo_p95_s: float | None = None,
+) -> list[VerifyReport]:
+    """Verify a URL, or every replica of a spec against the spec's promise; arguments override the spec."""
+    async with open_endpoints(where, env) as found:
+        settings = VerifySettings.of(found.plan) if found.plan else VerifySettings()
+        settings = dataclasses.replace(
+            settings,
+            model=model or settings.model,
+            requests=requests or settings.requests,
+            slo_p95_s=slo_p95_s or settings.slo_p95_s,
+        )
+        return await verify_all(found.urls, settings)
