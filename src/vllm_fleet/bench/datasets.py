@@ -16,7 +16,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from vllm_fleet.errors import SpecError
 
@@ -70,7 +70,9 @@ def load_tokenizer(path: str | Path | None) -> TokenCounter:
     except ImportError:
         return TokenCounter(source="approximation (transformers not installed)")
     try:
-        return TokenCounter(AutoTokenizer.from_pretrained(str(path)), source=f"tokenizer {path}")
+        # cast: transformers annotates decode as str | list[str] (for batches); one id list decodes to a str
+        tokenizer = cast(Tokenizer, AutoTokenizer.from_pretrained(str(path)))
+        return TokenCounter(tokenizer, source=f"tokenizer {path}")
     except (OSError, ValueError) as exc:
         return TokenCounter(source=f"approximation (tokenizer {path} failed: {exc})")
 
@@ -182,10 +184,10 @@ def load_prompts(
         return random_prompts(n, input_len, output_len, counter, seed)
     if name == "shared-prefix":
         return shared_prefix_prompts(n, prefix_groups, prefix_len, input_len, output_len, counter, seed)
-    if name in ("sharegpt", "jsonl") and path is None:
-        raise SpecError(f"dataset {name} needs a file", fix="pass --dataset-path FILE")
-    if name == "sharegpt":
-        return sharegpt_prompts(path, n, counter, seed)
-    if name == "jsonl":
+    if name in ("sharegpt", "jsonl"):
+        if path is None:
+            raise SpecError(f"dataset {name} needs a file", fix="pass --dataset-path FILE")
+        if name == "sharegpt":
+            return sharegpt_prompts(path, n, counter, seed)
         return jsonl_prompts(path, n, counter, output_len)
     raise SpecError(f"unknown dataset {name!r}", fix=f"use one of: {', '.join(DATASETS)}")

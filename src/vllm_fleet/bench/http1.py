@@ -17,6 +17,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -112,14 +113,16 @@ class _Connection(asyncio.Protocol):
     def __init__(self, client: Client):
         self._client = client
         self._parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport  # set by connection_made, before create_connection hands us out
         self.response: Response | None = None
+        # The parser callbacks' target: self.response whenever they run (data_received feeds only with one).
+        self._parsing: Response
         self._until_close = False  # a body with neither length nor chunking ends when the connection does
         self.keep_alive = False  # read while the message completes: llhttp resets it right after
 
     def send(self, data: bytes) -> Response:
         self.transport.write(data)  # no answer can arrive before this step yields to the loop
-        self.response = Response(self, time.perf_counter())
+        self.response = self._parsing = Response(self, time.perf_counter())
         self._until_close = self.keep_alive = False
         return self.response
 
@@ -133,7 +136,7 @@ class _Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # create_connection makes a stream transport
 
     def data_received(self, data: bytes) -> None:
         if self.response is None:  # bytes nobody asked for: this connection cannot be trusted again
@@ -159,10 +162,10 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._parsing.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        response = self.response
+        response = self._parsing
         response.status = self._parser.get_status_code()
         response._headers_done = True
         headers = response.headers
@@ -170,13 +173,14 @@ class _Connection(asyncio.Protocol):
         response._wake()
 
     def on_body(self, body: bytes) -> None:
-        self.response._chunks.append(body)
-        self.response._wake()
+        response = self._parsing
+        response._chunks.append(body)
+        response._wake()
 
     def on_message_complete(self) -> None:
         self._until_close = False
         self.keep_alive = self._parser.should_keep_alive()
-        response = self.response
+        response = self._parsing
         response.complete = True
         response._wake()
 

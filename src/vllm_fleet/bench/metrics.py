@@ -83,7 +83,19 @@ class SLO:
     text: str
 
     def met_by(self, summary: dict[str, Any]) -> bool:
-        return all((summary.get(key) is not None and summary[key] <= limit) for key, limit in self.terms)
+        return not self.misses(summary)
+
+    def misses(self, summary: dict[str, Any]) -> list[str]:
+        """Each term ``summary`` breaks, with by how much: 'p95_e2el_ms 7210 > 3000 (by 4210, 2.4x)'."""
+        out = []
+        for key, limit in self.terms:
+            value = summary.get(key)
+            if value is None:
+                out.append(f"{key} not measured")
+            elif value > limit:
+                ratio = f", {value / limit:.1f}x" if limit > 0 else ""
+                out.append(f"{key} {value:.0f} > {limit:g} (by {value - limit:.0f}{ratio})")
+        return out
 
     def request_ok(self, result: RequestResult) -> bool:
         """Per-request test for goodput: each term applied to this request's own value."""
@@ -159,5 +171,6 @@ def summarize(results: list[RequestResult], duration_s: float, slo: SLO | None =
     summary["token_source"] = ", ".join(sorted({r.token_source for r in ok})) or "none"
     if slo:
         summary["slo"] = slo.text
-        summary["slo_met"] = slo.met_by(summary)
+        summary["slo_misses"] = slo.misses(summary)
+        summary["slo_met"] = not summary["slo_misses"]
     return summary

@@ -109,7 +109,9 @@ async def _search(at: Callable[[float], Awaitable[Point]], points: list[Point], 
             low = rate
         else:
             high = rate
-    for _ in range(steps if high is not None else 0):
+    if high is None:
+        return
+    for _ in range(steps):
         rate = round((low + high) / 2, 3)
         if (await at(rate)).passed(slo):
             low = rate

@@ -46,7 +46,7 @@ def bench(
     from vllm_fleet.bench import report
     from vllm_fleet.ops.bench import BenchOptions, parse_rates
 
-    with errors():
+    with errors(as_json):
         opts = BenchOptions(
             model=model,
             endpoint=endpoint,
@@ -124,6 +124,7 @@ def _run(target: str, env: str | None, opts, quiet: bool):
 
 
 def _print(result) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from vllm_fleet.bench.report import TABLE_KEYS, cell
@@ -138,6 +139,8 @@ def _print(result) -> None:
     for point in result.points:
         if point.run.stopped_early:
             console.print(f"[red]{point.run.stopped_early}[/]")
+        if misses := point.summary.get("slo_misses"):
+            console.print(f"[red]SLO missed at {_rate(point.rate)}:[/] {escape('; '.join(misses))}", soft_wrap=True)
     if result.slo is not None and result.best_rate is not None:
         console.print(f"highest rate within the SLO ({result.slo.text}): [bold]{result.best_rate:g} req/s[/]")
     if result.hpa_target:

@@ -21,8 +21,19 @@ class _State:
 
 T = TypeVar("T")
 state = _State()
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A terminal's console wraps at its width; off a terminal (CI logs, pipes) lines are never wrapped."""
+    console = Console(stderr=stderr, highlight=False)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=max(console.width, UNWRAPPED_WIDTH))
+
+
+UNWRAPPED_WIDTH = 400  # tables take their natural width up to this off a terminal
+console = _console()
+err_console = _console(stderr=True)
 
 SpecArg = typer.Argument(..., help="Path of the YAML spec.", show_default=False)
 EnvOpt = typer.Option(None, "--env", "-e", help="Environment overlay: development, staging, production ...")
@@ -30,8 +41,11 @@ JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
 
 @contextmanager
-def errors() -> Iterator[None]:
-    """Turn a FleetError into one actionable message and its exit code (tracebacks with --debug)."""
+def errors(as_json: bool = False) -> Iterator[None]:
+    """Turn a FleetError into one actionable message and its exit code (tracebacks with --debug).
+
+    With ``as_json`` the error is also a JSON object on stdout, so a script reads one stream.
+    """
     from vllm_fleet.errors import FleetError
 
     try:
@@ -39,6 +53,8 @@ def errors() -> Iterator[None]:
     except FleetError as exc:
         if state.debug:
             raise
+        if as_json:
+            print_json({"error": exc.message, "fix": exc.fix, "kind": type(exc).__name__, "exit_code": exc.exit_code})
         err_console.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
         if exc.details:
             err_console.print(exc.details, markup=False, style="dim", soft_wrap=True)

@@ -18,7 +18,7 @@ def render(spec: str = SpecArg, env: str | None = EnvOpt, out: Path | None = Out
     from vllm_fleet.targets.kubernetes.manifests.render import render as build
     from vllm_fleet.targets.kubernetes.manifests.render import to_yaml, write_dir
 
-    with errors():
+    with errors(as_json):
         plan = load_plan(spec, env)
         objects = build(plan)
         written = write_dir(objects, out) if out else []
@@ -38,7 +38,7 @@ def bake(spec: str = SpecArg, env: str | None = EnvOpt, out: Path | None = OutOp
     from vllm_fleet.targets.kubernetes.manifests.bake import bake as build
     from vllm_fleet.targets.kubernetes.manifests.render import to_yaml
 
-    with errors():
+    with errors(as_json):
         result = build(load_plan(spec, env))
     text = to_yaml(result.objects)
     if as_json:

@@ -20,7 +20,7 @@ def up(
     from vllm_fleet.plan import load_plan
     from vllm_fleet.targets.base import QUIET
 
-    with errors():
+    with errors(as_json):
         plan = load_plan(spec, env)
         report = QUIET if as_json else LiveReporter(console, f"starting {plan.name}")
         try:
@@ -44,7 +44,7 @@ def down(spec: str = SpecArg, env: str | None = EnvOpt, as_json: bool = JsonOpt)
     from vllm_fleet.ops import lifecycle
     from vllm_fleet.plan import load_plan
 
-    with errors():
+    with errors(as_json):
         stopped = run(lifecycle.down(load_plan(spec, env)))
     if as_json:
         print_json({"stopped": [{"url": r.url, "pid": r.pid} for r in stopped]})
@@ -57,7 +57,7 @@ def status(spec: str = SpecArg, env: str | None = EnvOpt, as_json: bool = JsonOp
     from vllm_fleet.ops import lifecycle
     from vllm_fleet.plan import load_plan
 
-    with errors():
+    with errors(as_json):
         rows = run(lifecycle.status(load_plan(spec, env)))
     if as_json:
         print_json([s.to_dict() for s in rows])

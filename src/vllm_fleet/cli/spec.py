@@ -14,7 +14,7 @@ def plan(spec: str = SpecArg, env: str | None = EnvOpt, as_json: bool = JsonOpt)
 
     from vllm_fleet.plan import load_plan
 
-    with errors():
+    with errors(as_json):
         resolved = load_plan(spec, env)
         data = resolved.to_dict()
     if as_json:

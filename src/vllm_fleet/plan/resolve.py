@@ -17,8 +17,9 @@ from vllm_fleet import engine
 from vllm_fleet.plan import budgets, gpus
 from vllm_fleet.plan.derived import Derived
 from vllm_fleet.plan.lint import lint_spec
-from vllm_fleet.plan.model import measure_bytes
+from vllm_fleet.plan.model import check_engine_fits_model, local_config, measure_bytes
 from vllm_fleet.spec import FleetSpec, load_spec
+from vllm_fleet.weights.sources import file_path
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,19 @@ class Plan:
         return [f"http://{self.spec.local.host}:{port}" for port in self.ports]
 
     @property
+    def pod_engine_args(self) -> list[str]:
+        """The API server's arguments in a pod: the volume's model directory, the container port."""
+        pod_dir = str(self.derived["pod_model_dir"].value)
+        return engine.vllm_args(self.spec, model_dir=pod_dir, port=self.spec.kubernetes.port)
+
+    @property
+    def engine_args(self) -> list[str]:
+        """The arguments the spec's target really runs (local: replica 0's; its others differ by port)."""
+        if self.spec.target == "kubernetes":
+            return self.pod_engine_args
+        return engine.vllm_args(self.spec, model_dir=str(self.model_dir), port=self.ports[0], host=self.spec.local.host)
+
+    @property
     def startup_budget_s(self) -> int:
         return int(self.derived["startup_budget_s"].value or 0)
 
@@ -70,7 +84,7 @@ class Plan:
             "replicas": self.spec.replicas,
             "endpoints": self.endpoints if self.spec.target == "local" else [],
             "model_bytes": self.model_bytes,
-            "engine_argv": engine.vllm_args(self.spec, model_dir=str(self.model_dir), port=self.ports[0]),
+            "engine_argv": self.engine_args,
             "engine_env": engine.vllm_env(self.spec),
             "derived": {k: {"value": d.value, "why": d.why} for k, d in self.derived.items()},
             "lint": list(self.lint),
@@ -91,6 +105,8 @@ def resolve(spec: FleetSpec, env: str | None = None, spec_dir: Path | None = Non
     cache_root = (spec_dir / spec.cache.dir).resolve()
     key = model_key(source, spec.model.revision)
     model_bytes = measure_bytes(spec, source)
+    if config := local_config(source):
+        check_engine_fits_model(spec, config, f"{file_path(source)}/config.json")
     ports = tuple(spec.local.base_port + i for i in range(spec.replicas))
     derived = budgets.derive(spec, model_bytes)
     derived |= budgets.derive_kubernetes(spec, key, derived)

@@ -6,6 +6,7 @@ import difflib
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from vllm_fleet.errors import SpecError
 from vllm_fleet.spec.schema import FleetSpec
@@ -23,7 +24,7 @@ def validate(data: dict, origin: str, overlay: tuple[str, dict] | None) -> Fleet
         raise SpecError(f"{origin}: " + "\n  ".join(lines)) from None
 
 
-def _describe(err: dict, overlay: tuple[str, dict] | None) -> str:
+def _describe(err: ErrorDetails, overlay: tuple[str, dict] | None) -> str:
     loc = [str(p) for p in err["loc"]]
     if overlay is not None and _in_overlay(overlay[1], err["loc"]):
         loc = ["environments", overlay[0], *loc]

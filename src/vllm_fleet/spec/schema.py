@@ -88,11 +88,17 @@ class LocalSpec(_Strict):
 
 
 class SLOSpec(_Strict):
-    """The promise verify checks: p95 latency of a chat completion."""
+    """The promise verify checks: p95 latency of a chat completion, unloaded or at a request rate."""
 
     p95_latency_s: float = Field(3.0, gt=0)
     requests: int = Field(20, gt=0)
     max_tokens: int = Field(32, gt=0)
+    rate: float | None = Field(
+        None,
+        gt=0,
+        description="requests/s the promise holds at: verify loads at this rate (open loop); unset: "
+        "one request after another on an idle server",
+    )
 
 
 class CacheSpec(_Strict):

@@ -47,13 +47,21 @@ class ReplicaStatus:
     replica: Replica
     alive: bool
     healthy: bool
+    left_behind: int = 0  # processes of a dead replica still running (its engine's children)
 
     @property
     def state(self) -> str:
-        return "healthy" if self.healthy else ("alive, not healthy" if self.alive else "dead")
+        if self.healthy:
+            return "healthy"
+        if self.alive:
+            return "alive, not healthy"
+        if self.left_behind:
+            return f"dead, {self.left_behind} of its processes still running (down stops them)"
+        return "dead"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"url": self.replica.url, "pid": self.replica.pid, "alive": self.alive, "healthy": self.healthy}
+        return {"url": self.replica.url, "pid": self.replica.pid, "alive": self.alive, "healthy": self.healthy,
+                "left_behind": self.left_behind}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class Lease:
     def held(self) -> bool:
         """Whether the lease file still names this holder."""
         content = self._read(self.path)
-        return bool(content) and content.split("\n", 1)[0] == self.token
+        return bool(content and content.split("\n", 1)[0] == self.token)
 
     def release(self) -> None:
         self._stop.set()

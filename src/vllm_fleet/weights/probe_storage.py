@@ -197,14 +197,14 @@ def _read(fd: int, size: int, chunk: int, depth: int, offset: int, direct: bool)
 
     def work() -> None:
         buf = mmap.mmap(-1, chunk) if direct else None  # page-aligned, as O_DIRECT needs
-        sink = None if direct else os.open(os.devnull, os.O_WRONLY)
+        sink = -1 if direct else os.open(os.devnull, os.O_WRONLY)  # -1: no fd, direct reads need no sink
         try:
             while time.perf_counter() < deadline:
                 with lock:
                     pos = next(cursor, None)
                 if pos is None:
                     return
-                if direct:
+                if buf is not None:
                     n = os.preadv(fd, [buf], pos % span)
                 else:
                     pagecache.read_into_cache(fd, pos % span, chunk, sink)
@@ -216,7 +216,7 @@ def _read(fd: int, size: int, chunk: int, depth: int, offset: int, direct: bool)
         finally:
             if buf is not None:
                 buf.close()
-            if sink is not None:
+            if sink >= 0:
                 os.close(sink)
 
     start = time.perf_counter()

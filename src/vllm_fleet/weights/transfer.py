@@ -112,7 +112,7 @@ class Transfer:
                         group.create_task(one(i))
                 if hasher is not None:
                     group.create_task(follow(fd, ranges, finished, hasher))
-            if hasher is not None:
+            if file.checksum:  # so the hasher is set
                 expected = file.checksum.split(":", 1)[1].lower()
                 if hexdigest(hasher) != expected:
                     raise ChecksumMismatch(f"{algorithm(file.checksum)} mismatch")

@@ -217,11 +217,13 @@ def test_search_finds_the_knee_and_recommends_an_hpa_target(serial: str, tmp_pat
     assert "Throughput vs request rate" in (tmp_path / "sweep.html").read_text()
 
 
-def test_nothing_answering_exits_1_with_the_error_kind():
-    out = bench(f"http://127.0.0.1:{_free_port()}", "--model", "m", "--num-prompts", "3", "--json")
+def test_nothing_listening_fails_at_once_with_one_error_not_a_table_of_zeros():
+    url = f"http://127.0.0.1:{_free_port()}"
+    out = bench(url + "/v1", "--model", "m", "--num-prompts", "3", "--json")
     assert out.returncode == 1
-    assert json.loads(out.stdout)["errors"] == {"connection: ConnectionRefusedError": 3}
-    assert "no request succeeded" in out.stderr
+    error = json.loads(out.stdout)  # --json: the error is a JSON object on stdout, the message on stderr
+    assert error["error"].startswith(f"nothing listening at {url} ") and error["kind"] == "CheckFailed"
+    assert f"nothing listening at {url}" in out.stderr
 
 
 def test_token_timing_matches_a_server_with_known_gaps(dripping: str):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
 from vllm_fleet import engine
+from vllm_fleet.errors import SpecError
 from vllm_fleet.plan import model_key, resolve
 from vllm_fleet.spec import parse_spec
 
@@ -75,3 +79,39 @@ def test_model_size_of_a_path_with_spaces(tmp_path: Path) -> None:
     (model / "w.bin").write_bytes(b"x" * 10)
     plan = resolve(parse_spec("name: demo\nmodel: {source: 'my models/tiny'}\n"), spec_dir=tmp_path)
     assert "%20" in plan.source and plan.model_bytes == 10
+
+
+def _model_with_config(tmp_path: Path, **config: object) -> None:
+    model = tmp_path / "models" / "tiny"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"num_attention_heads": 9, **config}))
+
+
+def test_max_model_len_beyond_the_models_config_is_a_spec_error(tmp_path: Path) -> None:
+    _model_with_config(tmp_path, max_position_embeddings=8192)
+    too_long = SPEC + "engine: {max_model_len: 100000}\n"
+    with pytest.raises(SpecError, match=r"engine.max_model_len: 100000 is more than the model allows \(8192") as err:
+        resolve(parse_spec(too_long), spec_dir=tmp_path)
+    assert err.value.fix == "set engine.max_model_len to at most 8192"
+    assert resolve(parse_spec(SPEC + "engine: {max_model_len: 8192}\n"), spec_dir=tmp_path)
+
+
+def test_rope_scaling_stretches_the_limit_and_tp_must_divide_the_heads(tmp_path: Path) -> None:
+    _model_with_config(tmp_path, max_position_embeddings=4096, rope_scaling={"rope_type": "linear", "factor": 4.0})
+    assert resolve(parse_spec(SPEC + "engine: {max_model_len: 16384}\n"), spec_dir=tmp_path)
+    tp2 = SPEC + "engine: {tensor_parallel_size: 2}\nresources: {gpus: 2, gpu_type: nvidia-l4}\n"
+    with pytest.raises(
+        SpecError, match=r"engine\.tensor_parallel_size: 2 does not divide the model's 9 attention heads"
+    ):
+        resolve(parse_spec(tp2), spec_dir=tmp_path)
+
+
+def test_plan_shows_the_argv_its_target_runs(tmp_path: Path) -> None:
+    local = resolve(parse_spec(SPEC), spec_dir=tmp_path)
+    assert local.engine_args[:2] == ["--model", str(local.model_dir)]
+    assert local.engine_args[local.engine_args.index("--host") + 1] == "127.0.0.1"
+    pod = resolve(parse_spec(SPEC + "target: kubernetes\n"), spec_dir=tmp_path)
+    assert pod.engine_args == pod.pod_engine_args
+    assert pod.engine_args[1] == pod.derived["pod_model_dir"].value
+    assert pod.engine_args[pod.engine_args.index("--host") + 1] == "0.0.0.0"
+    assert pod.engine_args[pod.engine_args.index("--port") + 1] == str(pod.spec.kubernetes.port)

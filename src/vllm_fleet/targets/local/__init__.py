@@ -22,6 +22,7 @@ import httpx
 
 from vllm_fleet import engine
 from vllm_fleet.errors import EngineError, FleetError, TargetError
+from vllm_fleet.plan.model import check_engine_fits_model, config_in
 from vllm_fleet.targets.base import QUIET, Finding, Replica, ReplicaStatus, Reporter, Target, UpResult, not_built
 from vllm_fleet.targets.local import process
 from vllm_fleet.targets.local.health import wait_healthy
@@ -64,6 +65,8 @@ class LocalTarget(Target):
                 f"{plan.model_dir} has no completion marker: the model is not fully staged",
                 fix="run `vllm-fleet stage` for this spec (up stages before it starts)",
             )
+        # A remote source's config.json is first readable now: check the engine settings against it.
+        check_engine_fits_model(plan.spec, config_in(plan.model_dir), f"{plan.model_dir}/config.json")
         warming = start_prefetch(plan.model_dir) if plan.spec.local.prefetch else None
         try:
             replicas = await self._start(report)
@@ -118,7 +121,9 @@ class LocalTarget(Target):
         async with httpx.AsyncClient(trust_env=False) as client:
             for r in read_state(self.plan.run_dir):
                 alive = process.leader_alive(r.pid, r.start_ticks)
-                out.append(ReplicaStatus(r.replica, alive, alive and await is_healthy(client, r.url)))
+                healthy = alive and await is_healthy(client, r.url)
+                left = 0 if alive or not process.is_ours(r.pid, r.start_ticks) else len(process.group_members(r.pid))
+                out.append(ReplicaStatus(r.replica, alive, healthy, left))
         return out
 
     @asynccontextmanager

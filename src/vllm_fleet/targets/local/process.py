@@ -66,14 +66,16 @@ def group_members(pgid: int) -> list[int]:
 
 
 def is_ours(pgid: int, ticks: int) -> bool:
-    """Is group ``pgid`` still the one we started?
+    """Does group ``pgid`` still hold processes we started?
 
-    Its leader is the process that started at ``ticks``, or the leader is gone and members remain:
-    Linux does not hand out a pid that is still some group's id, so those members are its children.
+    Its leader is the process that started at ``ticks`` (alive, or a zombie with members left), or
+    the leader is gone and members remain: Linux does not hand out a pid that is still some group's
+    id, so those members are its children (vLLM's EngineCore and workers after a kill -9).
     """
-    if leader_alive(pgid, ticks):
-        return True
-    return start_ticks(pgid) is None and bool(group_members(pgid))
+    fields = _stat(pgid)
+    if fields is not None and int(fields[19]) == ticks:
+        return fields[0] != "Z" or bool(group_members(pgid))
+    return fields is None and bool(group_members(pgid))
 
 
 def signal_group(pgid: int, sig: int) -> None:

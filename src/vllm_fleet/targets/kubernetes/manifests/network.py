@@ -26,13 +26,13 @@ def service(plan: Plan) -> Obj:
 
 def service_account(plan: Plan) -> Obj:
     """The pods' identity; on GKE, Workload Identity maps it to an IAM service account (no key files)."""
-    extra = {}
+    metadata = meta(plan, service_account_name(plan))
     if plan.spec.kubernetes.gcp_service_account:
-        extra["annotations"] = {"iam.gke.io/gcp-service-account": plan.spec.kubernetes.gcp_service_account}
+        metadata["annotations"] = {"iam.gke.io/gcp-service-account": plan.spec.kubernetes.gcp_service_account}
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": meta(plan, service_account_name(plan), **extra),
+        "metadata": metadata,
         "automountServiceAccountToken": False,
     }
 

@@ -79,7 +79,7 @@ def _engine(plan: Plan) -> Obj:
         "image": spec.kubernetes.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python3", "-m", engine.API_SERVER_MODULE],
-        "args": engine.vllm_args(plan.spec, model_dir=model_dir(plan), port=port),
+        "args": plan.pod_engine_args,
         "env": env,
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "resources": {"requests": dict(resources), "limits": dict(resources)},
