@@ -123,12 +123,18 @@ class Transfer:
         return cache.ManifestFile(file.path, file.size, file.checksum, algorithm(file.checksum), file.etag)
 
     async def _range(self, file: SourceFile, fd: int, start: int, end: int) -> None:
-        """Bytes [start, end) into ``fd``, retrying from the last byte written."""
+        """Bytes [start, end) into ``fd``, retrying from the last byte written.
+
+        Only attempts that moved nothing count against ``retries``: an origin or proxy that cuts
+        every response off part-way (per-connection byte limits, flaky NAT) still gets the range
+        done, while a stalled read is cut by the stall timeout and a dead source still fails.
+        """
         position, failures = start, 0
         async with self.slots:
             while position < end:
                 buffer: list[bytes] = []  # chunks as received, written with one pwritev: no copy in Python
                 buffered = 0
+                attempt_start = position
                 try:
                     async for data in self.source.read_range(file, position, end):
                         buffer.append(data)
@@ -139,14 +145,14 @@ class Transfer:
                     position = await self._write(fd, buffer, position)
                 except Retryable as exc:
                     position = await self._write(fd, buffer, position)  # what arrived before the failure is good
-                    failures += 1
+                    failures = 0 if position > attempt_start else failures + 1
                     self.retries += 1
                     if failures > self.options.retries:
                         raise SourceError(
                             f"{file.path}: bytes {position}-{end} failed {failures} times, last: {exc}",
                             fix="check the source and the network, then re-run (finished ranges are kept)",
                         ) from exc
-                    delay = min(MAX_BACKOFF, self.options.backoff * 2 ** (failures - 1))
+                    delay = min(MAX_BACKOFF, self.options.backoff * 2 ** max(failures - 1, 0))
                     await asyncio.sleep(delay * random.uniform(0.5, 1.5))
 
     async def _write(self, fd: int, chunks: list[bytes], position: int) -> int:

@@ -113,6 +113,17 @@ def test_wrong_bytes_twice_fail_naming_the_file(origin: Origin, tmp_path: Path) 
     assert not (tmp_path / "m" / "model.safetensors").exists()
 
 
+def test_an_origin_that_cuts_every_response_short_still_finishes(origin: Origin, tmp_path: Path) -> None:
+    """Each attempt moves a range forward (40 kB of 256 KiB, 7 attempts a range, more than retries=3): never given up."""
+    files = model_files()
+    uri = serve(origin, files)
+    origin.always["/m/model.safetensors"] = Fault(drop_after=40_000)
+    result = stage(uri, tmp_path / "m", options=FAST)
+    assert_same(tmp_path / "m", files)
+    assert result.retries >= 4 * (256 * 1024 // 40_000)
+    assert cache.is_complete(tmp_path / "m")
+
+
 def test_truncated_object_fails_after_retries(origin: Origin, tmp_path: Path) -> None:
     uri = serve(origin, model_files(), checksums=False)
     origin.always["/m/model.safetensors"] = Fault(short_by=10)
