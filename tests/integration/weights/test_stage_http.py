@@ -114,7 +114,7 @@ def test_wrong_bytes_twice_fail_naming_the_file(origin: Origin, tmp_path: Path) 
 
 
 def test_an_origin_that_cuts_every_response_short_still_finishes(origin: Origin, tmp_path: Path) -> None:
-    """Each attempt moves a range forward (40 kB of 256 KiB, 7 attempts a range, more than retries=3): never given up."""
+    """Each attempt moves a range forward (40 kB of 256 KiB: 7 attempts a range, more than retries=3)."""
     files = model_files()
     uri = serve(origin, files)
     origin.always["/m/model.safetensors"] = Fault(drop_after=40_000)
