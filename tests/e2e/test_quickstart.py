@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -71,4 +72,46 @@ def test_ctrl_c_during_start_leaves_no_process(tmp_path: Path, demo_model: Path)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 130
+    assert group_members(pgid) == []
+
+
+def _wait_for_state(spec: Path, name: str, proc: subprocess.Popen) -> int:
+    state = spec.parent / "cache" / "run" / name / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    [pgid] = state_pids(spec, name)
+    return pgid
+
+
+def test_second_ctrl_c_kills_at_once_and_leaves_no_process(tmp_path: Path, demo_model: Path) -> None:
+    spec = write_spec(tmp_path, demo_model, name="twice")
+    proc = subprocess.Popen([CLI, "up", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pgid = _wait_for_state(spec, "twice", proc)
+    time.sleep(3)  # vLLM has forked its engine by now
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    assert "stopping replica 0" in out
+    assert group_members(pgid) == []
+
+
+def test_down_after_the_api_server_was_killed_stops_what_it_left(tmp_path: Path, demo_model: Path) -> None:
+    spec = write_spec(tmp_path, demo_model, name="killed")
+    assert fleet("up", str(spec), "--no-verify").returncode == 0
+    [pgid] = state_pids(spec, "killed")
+    members = group_members(pgid)
+    assert len(members) > 1, "vLLM's EngineCore should run beside its API server"
+    os.kill(pgid, signal.SIGKILL)  # the API server only: its EngineCore and workers stay
+    deadline = time.monotonic() + 10
+    while pgid in group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = group_members(pgid)
+    assert left, "the engine's children outlive its API server"
+    status = fleet("status", str(spec))
+    assert status.returncode == 1 and "still running" in status.stdout, status.stdout
+    down = fleet("down", str(spec))
+    assert down.returncode == 0 and "stopped 1 replica" in down.stdout, down.stdout + down.stderr
     assert group_members(pgid) == []

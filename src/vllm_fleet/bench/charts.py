@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from html import escape
 
+from vllm_fleet.bench.metrics import percentile
+
 W, H = 560, 260
 LEFT, RIGHT, TOP, BOTTOM = 62, 16, 30, 42
 COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c")
@@ -16,6 +18,11 @@ def _nice_max(value: float) -> float:
         return 1.0
     magnitude = 10 ** math.floor(math.log10(value))
     return next(step * magnitude for step in (1, 2, 2.5, 5, 10) if value <= step * magnitude * (1 + 1e-9))
+
+
+def _count_max(value: float) -> float:
+    """An axis top for counts: a nice maximum that is a multiple of the 4 tick intervals (integer ticks)."""
+    return float(4 * math.ceil(_nice_max(value) / 4))
 
 
 def _frame(title: str, x_label: str, y_label: str, x_max: float, y_max: float) -> list[str]:
@@ -69,7 +76,7 @@ def histogram(title: str, unit: str, values: list[float], bins: int = 30) -> str
     counts = [0] * bins
     for v in ordered:
         counts[min(int(v / x_max * bins), bins - 1)] += 1
-    y_max = _nice_max(max(counts))
+    y_max = _count_max(max(counts))
     parts = _frame(title, unit, "requests" if "ITL" not in title else "tokens", x_max, y_max)
     point = _scale(x_max, y_max)
     bar_w = (W - LEFT - RIGHT) / bins
@@ -80,7 +87,7 @@ def histogram(title: str, unit: str, values: list[float], bins: int = 30) -> str
             f'fill="{COLORS[0]}" opacity="0.8"/>'
         )
     for q, color in ((50, COLORS[2]), (99, COLORS[1])):
-        v = ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
+        v = percentile(ordered, q)  # the table's own definition, so marker and table agree
         x, _ = point(v, 0)
         parts.append(
             f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{H - BOTTOM}" stroke="{color}" stroke-dasharray="4 3"/>'
@@ -100,13 +107,15 @@ def lines(
     y_label: str,
     series: dict[str, list[tuple[float, float]]],
     limit: tuple[str, float] | None = None,
+    counts: bool = False,
 ) -> str:
-    """Line chart of named series; ``limit`` draws a horizontal line (the SLO)."""
+    """Line chart of named series; ``limit`` draws a horizontal line (the SLO); ``counts``: integer y ticks."""
     points = [xy for values in series.values() for xy in values]
     if not points:
         return _empty(title)
     x_max = _nice_max(max(x for x, _ in points))
-    y_max = _nice_max(max([y for _, y in points] + ([limit[1] * 1.1] if limit else [])))
+    y_top = max([y for _, y in points] + ([limit[1] * 1.1] if limit else []))
+    y_max = _count_max(y_top) if counts else _nice_max(y_top)
     parts = _frame(title, x_label, y_label, x_max, y_max)
     point = _scale(x_max, y_max)
     for i, (name, values) in enumerate(series.items()):

@@ -28,8 +28,8 @@ TABLE_KEYS = (
     ("token counts from", "token_source"),
     ("server: prompt / generation tokens", ("server_prompt_tokens", "server_generation_tokens")),
     ("server: mean / max waiting", ("server_mean_waiting", "server_max_waiting")),
-    ("server: max KV cache usage", "server_max_kv_cache_usage"),
-    ("server: prefix cache hit rate", "server_prefix_cache_hit_rate"),
+    ("server: max KV cache usage (%)", "server_max_kv_cache_usage"),
+    ("server: prefix cache hit rate (%)", "server_prefix_cache_hit_rate"),
     ("server: preemptions", "server_preemptions"),
     ("errors", "errors"),
     ("SLO met", "slo_met"),
@@ -37,11 +37,17 @@ TABLE_KEYS = (
 )
 
 
+# Fractions in the summary (as vLLM exports them) shown as percentages, the unit the charts use.
+PERCENT_KEYS = frozenset({"server_max_kv_cache_usage", "server_prefix_cache_hit_rate"})
+
+
 def cell(summary: dict, key: str | tuple[str, ...]) -> str:
     """One table cell: numbers rounded, several keys joined with ' / ', missing ones as '-'."""
     if isinstance(key, tuple):
         return " / ".join(cell(summary, k) for k in key)
     value = summary.get(key)
+    if key in PERCENT_KEYS and isinstance(value, int | float):
+        value = 100.0 * value
     if value is None or value == "" or value == {}:
         return "-"
     if isinstance(value, bool):
@@ -179,6 +185,6 @@ def _server_charts(point: Point) -> list[str]:
     }
     kv = {"KV cache usage %": [(s.t_s, 100 * s.kv_cache_usage) for s in samples if s.kv_cache_usage is not None]}
     return [
-        charts.lines("Server queue depth over time", "seconds", "requests", queue),
+        charts.lines("Server queue depth over time", "seconds", "requests", queue, counts=True),
         charts.lines("KV cache usage over time", "seconds", "%", kv),
     ]

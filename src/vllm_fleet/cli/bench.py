@@ -71,10 +71,15 @@ def bench(
             workers=workers,
         )
         result = _run(target, env, opts, quiet=as_json)
+        written = []
         if csv:
             report.write_csv(result, csv)
+            written.append(f"per-request CSV: {csv}")
         if html:
             report.write_html(result, html)
+            written.append(f"HTML report: {html}")
+    for line in written:  # on stderr, so stdout stays the table or the JSON
+        err_console.print(f"wrote {line}", markup=False)
     if as_json:
         print_json(result.to_dict())
     else:
@@ -137,6 +142,12 @@ def _print(result) -> None:
         table.add_row(label, *(cell(p.summary, key) for p in result.points))
     console.print(table)
     for point in result.points:
+        if (done := point.summary["completed"]) and done < SMALL_SAMPLE_P99:
+            console.print(
+                f"[yellow]warning:[/] {_rate(point.rate)}: {done} requests completed; p99 needs {SMALL_SAMPLE_P99} and "
+                f"p95 {SMALL_SAMPLE_P95} to mean much (raise --num-prompts)",
+                soft_wrap=True,
+            )
         if point.run.stopped_early:
             console.print(f"[red]{point.run.stopped_early}[/]")
         if misses := point.summary.get("slo_misses"):
@@ -146,6 +157,11 @@ def _print(result) -> None:
     if result.hpa_target:
         hpa = result.hpa_target
         console.print(f"HPA target: {hpa['metric']} = [bold]{hpa['target']}[/] ({hpa['why']})")
+
+
+# Below these many samples a p99 (p95) is mostly the few slowest requests: say so beside the table.
+SMALL_SAMPLE_P99 = 100
+SMALL_SAMPLE_P95 = 20
 
 
 def _rate(rate: float) -> str:

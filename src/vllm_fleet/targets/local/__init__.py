@@ -100,7 +100,7 @@ class LocalTarget(Target):
         except BaseException:
             groups = [r.pid for r in records]
             for r in records:
-                report.replica(r.index, r.url, "stopping")
+                report.line(f"stopping replica {r.index} (pid {r.pid}); Ctrl-C again kills it at once")
             try:
                 await process.stop_groups(groups)
             finally:
