@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -109,12 +110,38 @@ def kill_groups(pgids: list[int]) -> None:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Raise a TargetError naming the port when something already listens on it."""
+    """Raise a TargetError naming the port when something holds it.
+
+    The probe binds without SO_REUSEADDR: with it, Linux would share the port with a socket that
+    is bound but not yet listening, which is vLLM's port while it loads the weights (it binds
+    first, serves later). Without it, leftover TIME_WAIT connections also refuse the bind, and
+    those do not stop vLLM (it binds with SO_REUSEADDR), so they do not count as in use.
+    """
     with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+            return
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and _only_time_wait(port):
+                return
             raise TargetError(
                 f"port {port} on {host} is in use", fix="stop what uses it or set local.base_port in the spec"
             ) from exc
+
+
+_TIME_WAIT = "06"  # the st column of /proc/net/tcp (include/net/tcp_states.h)
+
+
+def _only_time_wait(port: int) -> bool:
+    """True when every TCP socket on local ``port`` is in TIME_WAIT (and there is at least one)."""
+    states = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                states.append(fields[3])
+    return bool(states) and all(state == _TIME_WAIT for state in states)
