@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
     from vllm_fleet.plan import Plan
 
 QUESTION = "What is the capital of France?"
+Progress = Callable[[str], None]  # what verify is doing now, for a spinner
+
+
+def _silent(text: str) -> None:
+    return None
 
 
 @dataclass
@@ -80,10 +86,11 @@ class VerifySettings:
         return cls(plan.served_name, slo.requests, slo.p95_latency_s, slo.max_tokens, slo.rate)
 
 
-async def verify_all(urls: list[str], settings: VerifySettings) -> list[VerifyReport]:
-    """Verify each endpoint in turn."""
+async def verify_all(urls: list[str], settings: VerifySettings, progress: Progress | None = None) -> list[VerifyReport]:
+    """Verify each endpoint in turn; ``progress`` hears how far the latency check is."""
     return [await verify(url, settings.model, slo_p95_s=settings.slo_p95_s, requests=settings.requests,
-                         max_tokens=settings.max_tokens, rate=settings.rate) for url in urls]  # fmt: skip
+                         max_tokens=settings.max_tokens, rate=settings.rate, progress=progress)
+            for url in urls]  # fmt: skip
 
 
 async def verify(
@@ -95,6 +102,7 @@ async def verify(
     max_tokens: int = 32,
     rate: float | None = None,
     timeout_s: float = 60.0,
+    progress: Progress | None = None,
 ) -> VerifyReport:
     """Run every check against ``url`` (a server root or a /v1 base); stop at the first failure."""
     url = server_root(url)
@@ -103,7 +111,14 @@ async def verify(
         steps = [_health, _models, _chat, _stream, _latency]
         for step in steps:
             check = await _timed(
-                step, client, report, slo_p95_s=slo_p95_s, requests=requests, max_tokens=max_tokens, rate=rate
+                step,
+                client,
+                report,
+                slo_p95_s=slo_p95_s,
+                requests=requests,
+                max_tokens=max_tokens,
+                rate=rate,
+                progress=progress or _silent,
             )
             report.checks.append(check)
             if not check.ok:
@@ -179,17 +194,20 @@ async def _latency(
     requests: int,
     max_tokens: int,
     rate: float | None,
+    progress: Progress,
     **_,
 ) -> Check:
     if rate is None:
         latencies = []
-        for _i in range(requests):
+        for i in range(requests):
+            progress(f"verify {report.url}: latency request {i + 1}/{requests} (sequential)")
             started = time.perf_counter()
             resp = await client.post("/v1/chat/completions", json=_chat_body(report, max_tokens, stream=False))
             resp.raise_for_status()
             latencies.append(time.perf_counter() - started)
         how = f"{requests} requests one after another (sequential, unloaded)"
     else:
+        progress(f"verify {report.url}: {requests} requests at {rate:g} req/s")
         results = await _under_load(report, requests, max_tokens, rate)
         if failed := [r for r in results if not r.success]:
             return Check(

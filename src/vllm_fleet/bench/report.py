@@ -131,7 +131,8 @@ def _verdict(report: BenchReport) -> str:
         )
     if report.hpa_target:
         target = report.hpa_target
-        lines.append(f"HPA target {escape(target['metric'])} = <b>{target['target']}</b> ({escape(target['why'])})")
+        value = f"<b>{target['target']}</b>" if target["target"] is not None else "none found"
+        lines.append(f"HPA target {escape(target['metric'])} = {value} ({escape(target['why'])})")
     warn = "" if report.best_rate is not None else " warn"
     return f"<div class='verdict{warn}'>" + "<br>".join(lines) + "</div>"
 

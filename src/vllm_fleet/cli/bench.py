@@ -141,6 +141,8 @@ def _print(result) -> None:
     for label, key in TABLE_KEYS:
         table.add_row(label, *(cell(p.summary, key) for p in result.points))
     console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     for point in result.points:
         if (done := point.summary["completed"]) and done < SMALL_SAMPLE_P99:
             console.print(
@@ -156,7 +158,8 @@ def _print(result) -> None:
         console.print(f"highest rate within the SLO ({result.slo.text}): [bold]{result.best_rate:g} req/s[/]")
     if result.hpa_target:
         hpa = result.hpa_target
-        console.print(f"HPA target: {hpa['metric']} = [bold]{hpa['target']}[/] ({hpa['why']})")
+        value = f"[bold]{hpa['target']}[/]" if hpa["target"] is not None else "none found"
+        console.print(f"HPA target: {hpa['metric']} = {value} ({hpa['why']})")
 
 
 # Below these many samples a p99 (p95) is mostly the few slowest requests: say so beside the table.

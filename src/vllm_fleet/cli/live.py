@@ -21,7 +21,9 @@ class LiveReporter(Reporter):
         self._live: Live | None = None
 
     def phase(self, text: str) -> None:
-        self._end_status()
+        if self._status is not None:
+            self._status.update(text)
+            return
         self._status = self.console.status(text)
         self._status.start()
 

@@ -16,10 +16,13 @@ def verify(
     as_json: bool = JsonOpt,
 ) -> None:
     """Check health, model list, chat, streaming, and the p95 latency SLO. Exit 1 if one fails."""
+    from contextlib import nullcontext
+
     from vllm_fleet.ops.endpoints import verify_endpoints
 
-    with errors(as_json):
-        reports = run(verify_endpoints(target, env, model=model, requests=requests, slo_p95_s=slo))
+    with errors(as_json), nullcontext() if as_json else console.status("verifying") as status:
+        progress = status.update if status else None
+        reports = run(verify_endpoints(target, env, model=model, requests=requests, slo_p95_s=slo, progress=progress))
     if as_json:
         print_json([r.to_dict() for r in reports])
     else:

@@ -116,6 +116,11 @@ async def run_bench(
             "tokenizer": counter.source,
         }
         result = sweep.BenchReport(url, served, settings, slo=slo)
+        if len(found.urls) > 1:
+            result.warnings.append(
+                f"loads replica 0 only ({url}) of {len(found.urls)}: the router, when built, puts one endpoint "
+                "in front of them all; until then bench each replica's URL"
+            )
         result.points = await sweep.sweep(
             config, prompts, counter, rates, slo, opts.search, on_point=on_point, progress=on_progress
         )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from vllm_fleet.plan import Plan, load_plan
 from vllm_fleet.targets import target_for
-from vllm_fleet.verify import VerifyReport, VerifySettings, verify_all
+from vllm_fleet.verify import Progress, VerifyReport, VerifySettings, verify_all
 from vllm_fleet.wire.openai import server_root
 
 
@@ -49,6 +49,7 @@ async def verify_endpoints(
     model: str | None = None,
     requests: int | None = None,
     slo_p95_s: float | None = None,
+    progress: Progress | None = None,
 ) -> list[VerifyReport]:
     """Verify a URL, or every replica of a spec against the spec's promise; arguments override the spec."""
     async with open_endpoints(where, env) as found:
@@ -59,4 +60,4 @@ async def verify_endpoints(
             requests=requests or settings.requests,
             slo_p95_s=slo_p95_s or settings.slo_p95_s,
         )
-        return await verify_all(found.urls, settings)
+        return await verify_all(found.urls, settings, progress)

@@ -51,7 +51,7 @@ async def up(plan: Plan, report: Reporter = QUIET, *, verify: bool = True) -> Up
     if not verify:
         return UpOutcome(findings, started)
     async with target.endpoints() as urls:
-        reports = await verify_all(urls, VerifySettings.of(plan))
+        reports = await verify_all(urls, VerifySettings.of(plan), progress=report.phase)
     return UpOutcome(findings, started, reports, verified=all(r.passed for r in reports))
 
 

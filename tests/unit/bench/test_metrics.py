@@ -108,3 +108,12 @@ def test_worker_shares_add_up_and_merge_renumbers():
     merged = merge(config, runs, workers=3)
     assert [(r.index, r.scheduled_s) for r in merged.results] == [(0, 0.0), (1, 0.1), (2, 0.2)]
     assert merged.duration_s == 2.0 and "only 2 of 3" in merged.stopped_early
+
+
+def test_a_missed_slo_says_which_term_and_by_how_much() -> None:
+    slo = parse_slo("p95_ttft_ms<=1000,p95_e2el_ms<=3000")
+    summary = {"p95_ttft_ms": 400.0, "p95_e2el_ms": 7200.0}
+    assert slo.misses(summary) == ["p95_e2el_ms 7200 > 3000 (by 4200, 2.4x)"]
+    assert not slo.met_by(summary)
+    assert slo.misses({"p95_ttft_ms": 400.0}) == ["p95_e2el_ms not measured"]
+    assert slo.met_by({"p95_ttft_ms": 999.0, "p95_e2el_ms": 3000.0})
