@@ -8,6 +8,7 @@
     ├── CacheError                 the local cache is unusable (disk full, lock, layout)
     ├── EngineError                vLLM could not be started or did not become healthy
     ├── TargetError                a target refused (already running, nothing to stop)
+    │   └── NotBuilt               a target cannot do this yet (says what to do instead)
     └── CheckFailed                a checked thing failed: verify, SLO (exit 1)
 
 Library errors are converted at the boundary with ``raise ... from exc`` so a
@@ -60,6 +61,10 @@ class EngineError(FleetError):
 
 class TargetError(FleetError):
     """A target refused the operation (already running, nothing to stop)."""
+
+
+class NotBuilt(TargetError):
+    """The target cannot do this yet; ``fix`` says what works today instead."""
 
 
 class CheckFailed(FleetError):

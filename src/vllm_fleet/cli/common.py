@@ -38,6 +38,10 @@ err_console = _console(stderr=True)
 SpecArg = typer.Argument(..., help="Path of the YAML spec.", show_default=False)
 EnvOpt = typer.Option(None, "--env", "-e", help="Environment overlay: development, staging, production ...")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
+KubeconfigOpt = typer.Option(
+    None, "--kubeconfig", help="Kubernetes: kubeconfig file (default: KUBECONFIG, ~/.kube/config)."
+)
+ContextOpt = typer.Option(None, "--context", help="Kubernetes: kubeconfig context (default: its current one).")
 
 
 @contextmanager

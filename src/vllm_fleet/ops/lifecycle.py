@@ -1,8 +1,10 @@
-"""up, down and status of a Plan, the same flow for every target.
+"""preflight, up, down and status of a Plan, the same flow for every target.
 
 ``up`` = preflight -> target.up -> endpoints -> verify (-> register with the router, to come).
-A failed preflight check stops before anything starts; a failed verify leaves the replicas
-running (the person looks at them) and is reported, not raised.
+A failed preflight check stops before anything starts or is written; a failed verify leaves
+the replicas running (the person looks at them) and is reported, not raised. A target that
+cannot reach its replicas from here yet (Kubernetes: no port-forward) ends at ready, unverified,
+and says so.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllm_fleet.errors import TargetError
+from vllm_fleet.errors import NotBuilt, TargetError
 from vllm_fleet.plan import Plan
 from vllm_fleet.targets import target_for
-from vllm_fleet.targets.base import QUIET, Finding, Replica, ReplicaStatus, Reporter, UpResult
+from vllm_fleet.targets.base import QUIET, Finding, Replica, ReplicaStatus, Reporter, TargetOptions, UpResult
 from vllm_fleet.verify import VerifyReport, VerifySettings, verify_all
 
 
@@ -25,6 +27,7 @@ class UpOutcome:
     started: UpResult
     reports: list[VerifyReport] = field(default_factory=list)
     verified: bool = False
+    unverified_because: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -34,32 +37,59 @@ class UpOutcome:
         return {
             "endpoints": [r.url for r in self.started.replicas],
             "verified": self.verified,
+            "unverified_because": self.unverified_because,
+            "preflight": [f.to_dict() for f in self.preflight],
             **self.started.extra,
             "verify": [r.to_dict() for r in self.reports],
         }
 
 
-async def up(plan: Plan, report: Reporter = QUIET, *, verify: bool = True) -> UpOutcome:
+async def preflight(plan: Plan, options: TargetOptions | None = None) -> list[Finding]:
+    """Every check the target can make before anything is written."""
+    return await target_for(plan, options).preflight()
+
+
+def preflight_failure(findings: list[Finding]) -> TargetError | None:
+    """The error `up` stops with when a check failed (every failed check in its details), else None."""
+    failed = [f for f in findings if f.severity == "fail"]
+    if not failed:
+        return None
+    first = failed[0]
+    details = "\n".join(f"{f.check}: {f.detail}" + (f" (fix: {f.fix})" if f.fix else "") for f in failed[1:])
+    more = f" (and {len(failed) - 1} more failed check(s))" if len(failed) > 1 else ""
+    return TargetError(f"preflight: {first.check}: {first.detail}{more}", fix=first.fix, details=details or None)
+
+
+async def up(
+    plan: Plan, report: Reporter = QUIET, *, verify: bool = True, options: TargetOptions | None = None
+) -> UpOutcome:
     """Start ``plan`` on its target and gate it on verify."""
-    target = target_for(plan)
+    target = target_for(plan, options)
     findings = await target.preflight()
-    if failed := [f for f in findings if f.severity == "fail"]:
-        raise TargetError(f"preflight: {failed[0].check}: {failed[0].detail}", fix=failed[0].fix)
+    if error := preflight_failure(findings):
+        raise error
+    for warning in (f for f in findings if f.severity == "warn"):
+        report.line(f"preflight warning: {warning.check}: {warning.detail}")
     started = await target.up(report)
     for note in started.notes:
         report.line(note)
     if not verify:
         return UpOutcome(findings, started)
-    async with target.endpoints() as urls:
-        reports = await verify_all(urls, VerifySettings.of(plan), progress=report.phase)
+    try:
+        async with target.endpoints() as urls:
+            reports = await verify_all(urls, VerifySettings.of(plan), progress=report.phase)
+    except NotBuilt as exc:
+        because = f"{exc.message}; {exc.fix}" if exc.fix else exc.message
+        report.line(f"ready, not verified: {because}")
+        return UpOutcome(findings, started, unverified_because=because)
     return UpOutcome(findings, started, reports, verified=all(r.passed for r in reports))
 
 
-async def down(plan: Plan) -> list[Replica]:
-    """Stop everything ``up`` started for ``plan``; returns what was running."""
-    return await target_for(plan).down()
+async def down(plan: Plan, *, purge: bool = False, options: TargetOptions | None = None) -> list[Replica]:
+    """Stop everything ``up`` started for ``plan``; returns what was running (or deleted)."""
+    return await target_for(plan, options).down(purge=purge)
 
 
-async def status(plan: Plan) -> list[ReplicaStatus]:
+async def status(plan: Plan, options: TargetOptions | None = None) -> list[ReplicaStatus]:
     """Each replica of ``plan`` and its state."""
-    return await target_for(plan).status()
+    return await target_for(plan, options).status()

@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from vllm_fleet.errors import TargetError
+from vllm_fleet.errors import NotBuilt
 from vllm_fleet.plan import Plan
 
 Role = Literal["engine", "router"]
@@ -102,11 +102,22 @@ class Reporter:
 QUIET = Reporter()
 
 
+@dataclass(frozen=True)
+class TargetOptions:
+    """How to reach and drive a target, beyond the spec: what a command line adds for this run."""
+
+    kubeconfig: str | None = None  # default: KUBECONFIG, ~/.kube/config, the in-cluster service account
+    context: str | None = None  # default: the kubeconfig's current context
+    force_conflicts: bool = False  # server-side apply takes fields another manager owns
+    timeout_s: float | None = None  # the whole wait of `up` (the target's own default when None)
+
+
 class Target(ABC):
     """A place that runs the replicas of one Plan."""
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, options: TargetOptions | None = None):
         self.plan = plan
+        self.options = options or TargetOptions()
 
     @abstractmethod
     async def preflight(self) -> list[Finding]: ...
@@ -115,7 +126,8 @@ class Target(ABC):
     async def up(self, report: Reporter = QUIET) -> UpResult: ...
 
     @abstractmethod
-    async def down(self) -> list[Replica]: ...
+    async def down(self, purge: bool = False) -> list[Replica]:
+        """Stop what ``up`` started; ``purge`` also removes what outlives a deployment (a weights cache)."""
 
     @abstractmethod
     async def status(self) -> list[ReplicaStatus]: ...
@@ -130,6 +142,6 @@ class Target(ABC):
     async def doctor(self) -> list[Finding]: ...
 
 
-def not_built(target: str, what: str, instead: str) -> TargetError:
+def not_built(target: str, what: str, instead: str) -> NotBuilt:
     """The error of a target method that a later issue fills: says what works today instead."""
-    return TargetError(f"{what} on the {target} target is not built yet", fix=instead)
+    return NotBuilt(f"{what} on the {target} target is not built yet", fix=instead)

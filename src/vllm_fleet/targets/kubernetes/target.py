@@ -1,54 +1,82 @@
-"""The Kubernetes target. Rendering works today (``manifests``); applying, waiting, status and
-endpoints through the cluster are not built yet, and each says so with what to do instead,
-so that nothing silently tests 127.0.0.1 for a spec that runs on a cluster.
+"""The Kubernetes target: preflight, server-side apply, a watched wait, status and down through lightkube.
+
+Reaching the pods from here (a port-forward, for verify and bench), restart and doctor are not
+built yet; each says so with what to do instead, so nothing silently tests 127.0.0.1 for a spec
+that runs on a cluster.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import AbstractAsyncContextManager
 
 from vllm_fleet.targets.base import QUIET, Finding, Replica, ReplicaStatus, Reporter, Target, UpResult, not_built
-
-RENDER_INSTEAD = "render the manifests and apply them: vllm-fleet render SPEC -o DIR && kubectl apply -k DIR"
+from vllm_fleet.targets.kubernetes.cluster.client import connect
+from vllm_fleet.targets.kubernetes.manifests.render import render
 
 
 class KubernetesTarget(Target):
     """A Plan on a cluster."""
 
-    def _instead(self, what: str, fix: str = RENDER_INSTEAD) -> Exception:
-        return not_built("kubernetes", what, fix.replace("SPEC", self._spec_args()))
-
     @property
     def _ns(self) -> str:
         return self.plan.spec.kubernetes.namespace
 
-    def _spec_args(self) -> str:
-        return f"SPEC{' --env ' + self.plan.env if self.plan.env else ''}"
-
     async def preflight(self) -> list[Finding]:
-        raise self._instead("preflight")
+        from vllm_fleet.targets.kubernetes.cluster.preflight import preflight
+
+        async with connect(self.options, self._ns) as cluster:
+            return await preflight(cluster, self.plan, render(self.plan))
 
     async def up(self, report: Reporter = QUIET) -> UpResult:
-        raise self._instead("up")
+        from vllm_fleet.targets.kubernetes.cluster.apply import apply_plan
+        from vllm_fleet.targets.kubernetes.cluster.wait import wait_ready
 
-    async def down(self) -> list[Replica]:
-        raise self._instead("down", "kubectl delete -k DIR (the directory `vllm-fleet render -o DIR` wrote)")
+        objects = render(self.plan)
+        async with connect(self.options, self._ns) as cluster:
+            report.phase(f"applying {len(objects)} objects to {cluster.server} (namespace {self._ns})")
+            applied = await apply_plan(cluster, self.plan, objects, force=self.options.force_conflicts)
+            counts = Counter(a.action for a in applied)
+            if set(counts) <= {"unchanged"}:
+                report.line(f"nothing to change: {counts['unchanged']} object(s) as applied before")
+            else:
+                report.line("applied: " + ", ".join(f"{n} {action}" for action, n in sorted(counts.items())))
+            replicas = await wait_ready(cluster, self.plan, objects, report, self.options.timeout_s)
+        return UpResult(replicas, extra={"applied": [a.to_dict() for a in applied]})
+
+    async def down(self, purge: bool = False) -> list[Replica]:
+        from vllm_fleet.targets.kubernetes.cluster.apply import delete_plan
+
+        async with connect(self.options, self._ns) as cluster:
+            done = await delete_plan(cluster, self.plan, purge=purge)
+        return [Replica(i, str(a.ref), "engine") for i, a in enumerate(done) if a.action == "deleted"]
 
     async def status(self) -> list[ReplicaStatus]:
-        raise self._instead(
-            "status", f"kubectl -n {self._ns} get deploy,pods -l app.kubernetes.io/name={self.plan.name}"
-        )
+        from vllm_fleet.targets.kubernetes.cluster import rules
+        from vllm_fleet.targets.kubernetes.cluster.wait import current_pods
+
+        async with connect(self.options, self._ns) as cluster:
+            pods = await current_pods(cluster, self.plan)
+        out = []
+        for i, pod in enumerate(pods):
+            running = (pod.get("status") or {}).get("phase") == "Running"
+            ready = rules.object_state(pod).status == "current"
+            out.append(ReplicaStatus(Replica(i, f"pod/{pod['metadata']['name']}", "engine"), running, ready))
+        return out
 
     def endpoints(self) -> AbstractAsyncContextManager[list[str]]:
         port = self.plan.spec.kubernetes.port
-        raise self._instead(
-            "reaching the replicas (port-forward)",
+        raise not_built(
+            "kubernetes",
+            "reaching the replicas from here (a port-forward)",
             f"forward a port and pass the URL: kubectl -n {self._ns} port-forward svc/{self.plan.name} 8000:{port}, "
             "then give http://127.0.0.1:8000 instead of the spec",
         )
 
     async def restart(self, report: Reporter = QUIET) -> UpResult:
-        raise self._instead("restart", f"kubectl -n {self._ns} rollout restart deployment/{self.plan.name}")
+        raise not_built("kubernetes", "restart", f"kubectl -n {self._ns} rollout restart deployment/{self.plan.name}")
 
     async def doctor(self) -> list[Finding]:
-        raise self._instead("doctor", f"kubectl -n {self._ns} describe pods -l app.kubernetes.io/name={self.plan.name}")
+        raise not_built(
+            "kubernetes", "doctor", f"kubectl -n {self._ns} describe pods -l app.kubernetes.io/name={self.plan.name}"
+        )

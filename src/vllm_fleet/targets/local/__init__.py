@@ -109,7 +109,7 @@ class LocalTarget(Target):
             raise
         return [r.replica for r in records]
 
-    async def down(self) -> list[Replica]:
+    async def down(self, purge: bool = False) -> list[Replica]:
         records = read_state(self.plan.run_dir)
         ours = [r for r in records if process.is_ours(r.pid, r.start_ticks)]
         await process.stop_groups([r.pid for r in ours])

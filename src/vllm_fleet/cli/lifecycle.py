@@ -1,0 +1,150 @@
+"""`vllm-fleet preflight / up / down / status`: parse, call the core flow, print, pick the exit code."""
+
+from __future__ import annotations
+
+import typer
+
+from vllm_fleet.cli.common import (
+    ContextOpt,
+    EnvOpt,
+    JsonOpt,
+    KubeconfigOpt,
+    SpecArg,
+    console,
+    errors,
+    print_json,
+    run,
+)
+
+
+def _options(kubeconfig: str | None, context: str | None, **more):
+    from vllm_fleet.targets.base import TargetOptions
+
+    return TargetOptions(kubeconfig=kubeconfig, context=context, **more)
+
+
+def preflight(
+    spec: str = SpecArg,
+    env: str | None = EnvOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Every check before anything is started or written (one line each: pass / warn / fail and the fix)."""
+    from vllm_fleet.ops import lifecycle
+    from vllm_fleet.plan import load_plan
+
+    with errors(as_json):
+        findings = run(lifecycle.preflight(load_plan(spec, env), _options(kubeconfig, context)))
+    if as_json:
+        print_json([f.to_dict() for f in findings])
+    else:
+        print_findings(findings)
+    if any(f.severity == "fail" for f in findings):
+        raise typer.Exit(1)
+
+
+def print_findings(findings) -> None:
+    from rich.markup import escape
+
+    colour = {"pass": "green", "warn": "yellow", "fail": "red"}
+    for f in findings:
+        fix = f" [dim](fix: {escape(f.fix)})[/]" if f.fix and f.severity != "pass" else ""
+        console.print(f"[{colour[f.severity]}]{f.severity:4}[/] {f.check}: {escape(f.detail)}{fix}", soft_wrap=True)
+
+
+def up(
+    spec: str = SpecArg,
+    env: str | None = EnvOpt,
+    skip_verify: bool = typer.Option(False, "--no-verify", help="Skip the verify gate."),
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    force_conflicts: bool = typer.Option(False, help="Kubernetes: take fields another field manager owns."),
+    timeout: float | None = typer.Option(
+        None, min=1, help="Kubernetes: give up waiting after this many seconds (30 min)."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Preflight, stage or apply, start the replicas, wait until they serve, verify, print the endpoints."""
+    from vllm_fleet.cli.live import LiveReporter
+    from vllm_fleet.cli.verify import print_reports
+    from vllm_fleet.ops import lifecycle
+    from vllm_fleet.plan import load_plan
+    from vllm_fleet.targets.base import QUIET
+
+    options = _options(kubeconfig, context, force_conflicts=force_conflicts, timeout_s=timeout)
+    with errors(as_json):
+        plan = load_plan(spec, env)
+        report = QUIET if as_json else LiveReporter(console, f"starting {plan.name}")
+        try:
+            outcome = run(lifecycle.up(plan, report, verify=not skip_verify, options=options))
+        finally:
+            if isinstance(report, LiveReporter):
+                report.close()
+    if as_json:
+        print_json(outcome.to_dict())
+    else:
+        print_reports(outcome.reports)
+        for r in outcome.started.replicas:
+            where = f"{r.url}/v1" if r.url.startswith("http") else r.url
+            log = f", log {r.log}" if r.log else ""
+            console.print(f"endpoint: {where}  (model {plan.served_name!r}{log})", soft_wrap=True)
+        console.print(f"stop with: vllm-fleet down {spec}" + (f" --env {env}" if env else ""), soft_wrap=True)
+    if not outcome.passed:
+        raise typer.Exit(1)
+
+
+def down(
+    spec: str = SpecArg,
+    env: str | None = EnvOpt,
+    purge: bool = typer.Option(False, help="Kubernetes: also delete the weights cache claim."),
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Stop (or delete) everything `up` started for SPEC; no process is left behind."""
+    from vllm_fleet.ops import lifecycle
+    from vllm_fleet.plan import load_plan
+
+    with errors(as_json):
+        plan = load_plan(spec, env)
+        stopped = run(lifecycle.down(plan, purge=purge, options=_options(kubeconfig, context)))
+    if as_json:
+        print_json({"stopped": [{"url": r.url, "pid": r.pid} for r in stopped]})
+        return
+    if plan.spec.target == "kubernetes":
+        console.print(f"deleted {len(stopped)} object(s)" if stopped else "nothing was applied")
+        return
+    console.print(f"stopped {len(stopped)} replica(s)" if stopped else "nothing was running")
+
+
+def status(
+    spec: str = SpecArg,
+    env: str | None = EnvOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show each replica: alive, healthy, where it is."""
+    from vllm_fleet.ops import lifecycle
+    from vllm_fleet.plan import load_plan
+
+    with errors(as_json):
+        rows = run(lifecycle.status(load_plan(spec, env), _options(kubeconfig, context)))
+    if as_json:
+        print_json([s.to_dict() for s in rows])
+        return
+    if not rows:
+        console.print("not running")
+    for s in rows:
+        pid = f" pid {s.replica.pid}" if s.replica.pid is not None else ""
+        console.print(f"replica {s.replica.index}: {s.replica.url}{pid} {s.state}")
+    if rows and not all(s.healthy for s in rows):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(preflight)
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)
