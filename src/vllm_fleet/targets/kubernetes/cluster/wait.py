@@ -117,7 +117,7 @@ def judge(plan: Plan, objects: list[Obj], seen: Seen, *, now: datetime) -> Verdi
         states.append(rules.object_state(live, wait_for_first_consumer=_wffc(obj, objects), pods_scheduled=scheduled))
     capacity = None
     for pod in pods:
-        problem = rules.pod_problem(pod, _events_of(pod, seen.events), now=now)
+        problem = rules.pod_problem(pod, seen.events, now=now)  # it picks this pod's events itself
         if problem is None:
             continue
         if not problem.retryable:
@@ -142,11 +142,6 @@ def _wffc(claim: Obj, objects: list[Obj]) -> bool:
         and o.get("volumeBindingMode") == "WaitForFirstConsumer"
         for o in objects
     )
-
-
-def _events_of(pod: Obj, events: list[Obj]) -> list[Obj]:
-    name = pod["metadata"]["name"]
-    return [e for e in events if ((e.get("involvedObject") or e.get("regarding") or {}).get("name")) == name]
 
 
 def _watches(cluster: Cluster, plan: Plan, objects: list[Obj], seen: Seen) -> list[Coroutine[Any, Any, None]]:
