@@ -26,7 +26,7 @@ class KubernetesTarget(Target):
         from vllm_fleet.targets.kubernetes.cluster.preflight import preflight
 
         async with connect(self.options, self._ns) as cluster:
-            return await preflight(cluster, self.plan, render(self.plan))
+            return await preflight(cluster, self.plan, render(self.plan), force=self.options.force_conflicts)
 
     async def up(self, report: Reporter = QUIET) -> UpResult:
         from vllm_fleet.targets.kubernetes.cluster.apply import apply_plan

@@ -20,6 +20,7 @@ from vllm_fleet.targets.kubernetes.cluster.objects import (
     to_resource,
     with_inventory,
 )
+from vllm_fleet.targets.kubernetes.manifests.objects import selector as engine_selector
 from vllm_fleet.targets.kubernetes.manifests.platform import gpu_node_selector, gpu_tolerations
 
 GPU = "nvidia.com/gpu"
@@ -33,20 +34,36 @@ _APPLIED_VERBS = ("get", "patch", "delete")
 _READ_VERBS = ("get", "list", "watch")
 
 
-async def preflight(cluster: Cluster, plan: Plan, objects: list[Obj]) -> list[Finding]:
-    """Every check, in order; a failed connection stops the rest (nothing else can be checked)."""
+async def preflight(cluster: Cluster, plan: Plan, objects: list[Obj], *, force: bool = False) -> list[Finding]:
+    """Every check, in order; a failed connection stops the rest (nothing else can be checked).
+
+    ``force``: the dry run takes fields other managers own, as `up --force-conflicts` will.
+    """
     findings = [await _version(cluster, objects)]
     if findings[0].severity == "fail":
         return findings
-    findings.append(await _permissions(cluster, plan, objects))
+    namespace = await _namespace(cluster, plan)
+    findings += [namespace, await _permissions(cluster, plan, objects)]
     findings += await _crds(cluster, objects)
     findings.append(await _gpus(cluster, plan))
     findings += await _quota(cluster, plan)
     findings += await _storage(cluster, plan, objects)
     findings += await _secrets(cluster, plan)
     if not any(f.severity == "fail" and f.check == "crd" for f in findings):
-        findings.append(await _dry_run(cluster, plan, objects))
+        # The server refuses even a dry run into a namespace that does not exist yet (up creates it first).
+        exists = namespace.severity == "pass"
+        checked = [o for o in objects if exists or o["kind"] in CLUSTER_SCOPED]
+        findings.append(await _dry_run(cluster, plan, checked, force))
     return findings
+
+
+async def _namespace(cluster: Cluster, plan: Plan) -> Finding:
+    from lightkube.resources.core_v1 import Namespace
+
+    ns = plan.spec.kubernetes.namespace
+    if await cluster.get_or_none(Namespace, ns) is None:
+        return Finding("namespace", "warn", f"namespace {ns} does not exist: up creates it (and down leaves it)")
+    return Finding("namespace", "pass", f"namespace {ns} exists")
 
 
 async def _version(cluster: Cluster, objects: list[Obj]) -> Finding:
@@ -164,7 +181,9 @@ async def _gpus(cluster: Cluster, plan: Plan) -> Finding:
     if res.gpus == 0:
         return Finding("gpus", "pass", "the replicas ask for no GPU")
     nodes = await cluster.list_dicts(Node)
-    pods = await cluster.list_dicts(Pod, namespace="*")
+    ns, ours = plan.spec.kubernetes.namespace, engine_selector(plan)
+    # This deployment's own pods are replaced (maxSurge 0), not added to: their GPUs count as free.
+    pods = [p for p in await cluster.list_dicts(Pod, namespace="*") if not _is_ours(p, ns, ours)]
     selector, tolerations = gpu_node_selector(plan), gpu_tolerations(plan)
     fitting = [n for n in nodes if rules.node_fits(n, selector, tolerations)]
     free = rules.gpu_free(fitting, pods, GPU)
@@ -183,6 +202,12 @@ async def _gpus(cluster: Cluster, plan: Plan) -> Finding:
             "gpus", "fail", short, "add GPU nodes of that type (a node pool), or lower replicas / resources.gpus"
         )
     return Finding("gpus", "warn", f"{short}; cluster-autoscaler is present: up will wait for a scale-up", None)
+
+
+def _is_ours(pod: Obj, namespace: str, labels: dict[str, str]) -> bool:
+    meta = pod.get("metadata") or {}
+    have = meta.get("labels") or {}
+    return meta.get("namespace") == namespace and all(have.get(k) == v for k, v in labels.items())
 
 
 async def _quota(cluster: Cluster, plan: Plan) -> list[Finding]:
@@ -291,12 +316,12 @@ async def _secrets(cluster: Cluster, plan: Plan) -> list[Finding]:
     return findings
 
 
-async def _dry_run(cluster: Cluster, plan: Plan, objects: list[Obj]) -> Finding:
+async def _dry_run(cluster: Cluster, plan: Plan, objects: list[Obj], force: bool) -> Finding:
     """Server-side apply with dryRun=All: schema errors and admission webhooks answer, nothing is stored."""
     for obj in objects:
         try:
             with errors(cluster.server):
-                await cluster.client.apply(to_resource(with_inventory(plan, obj)), force=True, dry_run=True)
+                await cluster.client.apply(to_resource(with_inventory(plan, obj)), force=force, dry_run=True)
         except ClusterError as exc:
             return Finding("dry-run", "fail", f"{Ref.of(obj)}: {exc.message}", exc.fix)
     return Finding("dry-run", "pass", f"{len(objects)} object(s) accepted by a server-side dry run")

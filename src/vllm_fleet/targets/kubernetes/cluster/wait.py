@@ -30,6 +30,9 @@ from vllm_fleet.targets.kubernetes.manifests.objects import selector
 DEFAULT_TIMEOUT_S = 30 * 60  # as the reference deploy-with-retry script
 TICK_S = 2.0  # re-judge at least this often: grace windows pass without an event
 BACKOFF_S = (5.0, 120.0)  # first and largest gap between "still waiting for capacity" reports
+# How long a pod may be unschedulable before it is judged: cluster-autoscaler scans every 10 s and
+# needs a pass or two to answer with TriggeredScaleUp or NotTriggerScaleUp.
+UNSCHEDULABLE_GRACE_S = 60.0
 
 
 @dataclass
@@ -117,7 +120,8 @@ def judge(plan: Plan, objects: list[Obj], seen: Seen, *, now: datetime) -> Verdi
         states.append(rules.object_state(live, wait_for_first_consumer=_wffc(obj, objects), pods_scheduled=scheduled))
     capacity = None
     for pod in pods:
-        problem = rules.pod_problem(pod, seen.events, now=now)  # it picks this pod's events itself
+        # pod_problem picks this pod's events itself
+        problem = rules.pod_problem(pod, seen.events, now=now, unschedulable_grace_s=UNSCHEDULABLE_GRACE_S)
         if problem is None:
             continue
         if not problem.retryable:
