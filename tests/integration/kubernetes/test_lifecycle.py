@@ -318,3 +318,26 @@ def test_the_cli_preflight_and_up_speak_for_a_cluster(fake_kube: FakeKube, tmp_p
     assert {"kind": "Deployment", "action": "created"}.items() <= next(
         a for a in out["applied"] if a["kind"] == "Deployment"
     ).items()
+
+
+def test_a_quota_without_room_for_the_gpus_fails_preflight(fake_kube: FakeKube, fake_kubeconfig: Path) -> None:
+    ready_cluster(fake_kube)
+    fake_kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpus", "namespace": NS},
+             "spec": {"hard": {"requests.nvidia.com/gpu": "1", "requests.memory": "64Gi"}}}  # fmt: skip
+    fake_kube.create(quota)
+
+    def used(obj: dict) -> None:  # what the quota controller writes (pkg/controller/resourcequota)
+        obj["status"] = {
+            "hard": obj["spec"]["hard"],
+            "used": {"requests.nvidia.com/gpu": "1", "requests.memory": "8Gi"},
+        }
+
+    fake_kube.update_as("resourcequota-controller", "v1", "ResourceQuota", "gpus", used, namespace=NS,
+                        subresource="status")  # fmt: skip
+    findings = asyncio.run(lifecycle.preflight(plan_of(), options(fake_kubeconfig)))
+    quotas = {f.detail.split(":")[1].split()[0]: f for f in findings if f.check == "quota"}
+    assert quotas["requests.nvidia.com/gpu"].severity == "fail"
+    assert "has room for 0, the replicas request 1" in quotas["requests.nvidia.com/gpu"].detail
+    assert "resources.gpus" in (quotas["requests.nvidia.com/gpu"].fix or "")
+    assert quotas["requests.memory"].severity == "pass"

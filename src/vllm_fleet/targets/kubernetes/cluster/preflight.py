@@ -211,30 +211,29 @@ def _is_ours(pod: Obj, namespace: str, labels: dict[str, str]) -> bool:
 
 
 async def _quota(cluster: Cluster, plan: Plan) -> list[Finding]:
+    """ResourceQuota room for what the replicas request (GPUs, CPU, memory; the engine container's requests)."""
     from lightkube.resources.core_v1 import ResourceQuota
 
-    ns, res = plan.spec.kubernetes.namespace, plan.spec.resources
-    need = {f"requests.{GPU}": res.gpus * plan.spec.replicas}
+    ns, res, n = plan.spec.kubernetes.namespace, plan.spec.resources, plan.spec.replicas
+    need = {  # quota key -> (what the replicas request, the spec key that sets it)
+        f"requests.{GPU}": (rules.quantity(res.gpus) * n, "resources.gpus"),
+        "requests.cpu": (rules.quantity(res.cpu) * n, "resources.cpu"),
+        "requests.memory": (rules.quantity(res.memory) * n, "resources.memory"),
+    }
     findings = []
     for quota in await cluster.list_dicts(ResourceQuota, namespace=ns):
-        status = quota.get("status") or {}
-        for key, amount in need.items():
-            hard, used = (status.get("hard") or {}).get(key), (status.get("used") or {}).get(key, "0")
+        status, name = quota.get("status") or {}, quota["metadata"]["name"]
+        for key, (amount, spec_key) in need.items():
+            hard = (status.get("hard") or {}).get(key)
             if hard is None or not amount:
                 continue
-            room = int(hard) - int(used)
-            name = quota["metadata"]["name"]
+            room = rules.quantity(hard) - rules.quantity((status.get("used") or {}).get(key, "0"))
             if room < amount:
-                findings.append(
-                    Finding(
-                        "quota",
-                        "fail",
-                        f"ResourceQuota {name}: {key} has room for {room}, need {amount}",
-                        f"raise the quota in namespace {ns}, or lower replicas / resources.gpus",
-                    )
-                )
+                detail = f"ResourceQuota {name}: {key} has room for {room:f}, the replicas request {amount:f}"
+                fix = f"raise the quota in namespace {ns}, or lower replicas or {spec_key}"
+                findings.append(Finding("quota", "fail", detail, fix))
             else:
-                findings.append(Finding("quota", "pass", f"ResourceQuota {name}: {key} {room} free, need {amount}"))
+                findings.append(Finding("quota", "pass", f"ResourceQuota {name}: {key} {room:f} free, need {amount:f}"))
     return findings
 
 

@@ -13,8 +13,18 @@ runs on recorded objects in tests. No I/O here: ``wait.py`` and ``preflight.py``
 """
 
 from vllm_fleet.targets.kubernetes.cluster.rules.base import Obj, ObjectState, PodProblem, Status
-from vllm_fleet.targets.kubernetes.cluster.rules.capacity import gpu_free, node_fits
+from vllm_fleet.targets.kubernetes.cluster.rules.capacity import gpu_free, node_fits, quantity
 from vllm_fleet.targets.kubernetes.cluster.rules.pods import pod_problem
 from vllm_fleet.targets.kubernetes.cluster.rules.status import object_state
 
-__all__ = ["Obj", "ObjectState", "PodProblem", "Status", "gpu_free", "node_fits", "object_state", "pod_problem"]
+__all__ = [
+    "Obj",
+    "ObjectState",
+    "PodProblem",
+    "Status",
+    "gpu_free",
+    "node_fits",
+    "object_state",
+    "pod_problem",
+    "quantity",
+]

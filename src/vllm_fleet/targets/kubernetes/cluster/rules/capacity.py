@@ -20,7 +20,7 @@ _SUFFIXES: dict[str, Decimal] = {
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
 
 
-def _quantity(value: Any) -> Decimal:
+def quantity(value: Any) -> Decimal:
     """A resource.Quantity (``"8"``, ``"500m"``, ``"16Gi"``) as a number; unreadable counts as 0."""
     match = _QUANTITY.match(str(value).strip()) if value is not None else None
     if not match or match[2] not in _SUFFIXES:
@@ -36,8 +36,8 @@ def _container_request(container: Obj, resource: str) -> Decimal:
     # SetDefaults_Pod); recorded manifests may carry only limits, as GPU pods usually do.
     requests = _get(container, "resources.requests", {})
     if resource in requests:
-        return _quantity(requests[resource])
-    return _quantity(_get(container, "resources.limits", {}).get(resource))
+        return quantity(requests[resource])
+    return quantity(_get(container, "resources.limits", {}).get(resource))
 
 
 def _pod_request(pod: Obj, resource: str) -> Decimal:
@@ -55,7 +55,7 @@ def _pod_request(pod: Obj, resource: str) -> Decimal:
             largest_init = max(largest_init, sidecars)
         else:
             largest_init = max(largest_init, request + sidecars)
-    return max(total, largest_init) + _quantity(_get(pod, "spec.overhead", {}).get(resource))
+    return max(total, largest_init) + quantity(_get(pod, "spec.overhead", {}).get(resource))
 
 
 def gpu_free(nodes: list[Obj], pods: list[Obj], resource: str = "nvidia.com/gpu") -> dict[str, int]:
@@ -73,7 +73,7 @@ def gpu_free(nodes: list[Obj], pods: list[Obj], resource: str = "nvidia.com/gpu"
     free = {}
     for node in nodes:
         name = str(_get(node, "metadata.name", ""))
-        allocatable = _quantity(_get(node, "status.allocatable", {}).get(resource))
+        allocatable = quantity(_get(node, "status.allocatable", {}).get(resource))
         free[name] = max(0, int(allocatable - used.get(name, Decimal(0))))
     return free
 
