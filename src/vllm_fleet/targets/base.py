@@ -48,11 +48,14 @@ class ReplicaStatus:
     alive: bool
     healthy: bool
     left_behind: int = 0  # processes of a dead replica still running (its engine's children)
+    problem: str | None = None  # what is wrong, when the target can tell (a pod's crash loop, ...)
 
     @property
     def state(self) -> str:
         if self.healthy:
             return "healthy"
+        if self.problem:
+            return f"{'alive' if self.alive else 'not running'}: {self.problem}"
         if self.alive:
             return "alive, not healthy"
         if self.left_behind:
@@ -61,7 +64,7 @@ class ReplicaStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.replica.url, "pid": self.replica.pid, "alive": self.alive, "healthy": self.healthy,
-                "left_behind": self.left_behind}  # fmt: skip
+                "left_behind": self.left_behind, "problem": self.problem}  # fmt: skip
 
 
 @dataclass(frozen=True)

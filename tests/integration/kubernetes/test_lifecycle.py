@@ -341,3 +341,28 @@ def test_a_quota_without_room_for_the_gpus_fails_preflight(fake_kube: FakeKube, 
     assert "has room for 0, the replicas request 1" in quotas["requests.nvidia.com/gpu"].detail
     assert "resources.gpus" in (quotas["requests.nvidia.com/gpu"].fix or "")
     assert quotas["requests.memory"].severity == "pass"
+
+
+def test_an_old_server_and_a_missing_permission_fail_preflight_with_the_fix(
+    fake_kube: FakeKube, fake_kubeconfig: Path
+) -> None:
+    ready_cluster(fake_kube)
+    with_sidecar = SPEC.replace("prefetch: false", "prefetch: true")
+    fake_kube.version = "1.28"
+    [api] = asyncio.run(lifecycle.preflight(plan_of(spec=with_sidecar), options(fake_kubeconfig)))
+    assert api.severity == "fail" and "native sidecar, which needs 1.29+" in api.detail
+    assert "storage.prefetch: false" in (api.fix or "")
+    fake_kube.version = "1.30"
+    fake_kube.deny("delete", "apps", "deployments", NS)
+    findings = asyncio.run(lifecycle.preflight(plan_of(), options(fake_kubeconfig)))
+    [permissions] = [f for f in findings if f.check == "permissions"]
+    assert permissions.severity == "fail" and "delete deployments.apps in llm" in permissions.detail
+
+
+def test_status_says_what_is_wrong_with_a_pod(fake_kube: FakeKube, fake_kubeconfig: Path) -> None:
+    ready_cluster(fake_kube)
+    fake_kube.script(CrashLoop(exit_code=137, reason="OOMKilled"), container="vllm")
+    with fake_kube.run_controllers(), pytest.raises(TargetError, match="OOMKilled"):
+        up(plan_of(), fake_kubeconfig, timeout_s=60)
+    [row] = asyncio.run(lifecycle.status(plan_of(), options(fake_kubeconfig)))
+    assert not row.healthy and "OOMKilled" in row.state and "resources.memory" in row.state

@@ -58,10 +58,11 @@ class KubernetesTarget(Target):
         async with connect(self.options, self._ns) as cluster:
             pods = await current_pods(cluster, self.plan)
         out = []
-        for i, pod in enumerate(pods):
+        for i, (pod, problem) in enumerate(pods):
             running = (pod.get("status") or {}).get("phase") == "Running"
             ready = rules.object_state(pod).status == "current"
-            out.append(ReplicaStatus(Replica(i, f"pod/{pod['metadata']['name']}", "engine"), running, ready))
+            said = f"{problem.reason}: {problem.message} (fix: {problem.fix})" if problem else None
+            out.append(ReplicaStatus(Replica(i, f"pod/{pod['metadata']['name']}", "engine"), running, ready, 0, said))
         return out
 
     def endpoints(self) -> AbstractAsyncContextManager[list[str]]:

@@ -173,12 +173,17 @@ async def _watch(
             seen.put(kind, change, dict(obj.to_dict()))
 
 
-async def current_pods(cluster: Cluster, plan: Plan) -> list[Obj]:
-    """The engine pods of ``plan`` now, by name (for status)."""
-    from lightkube.resources.core_v1 import Pod
+async def current_pods(cluster: Cluster, plan: Plan) -> list[tuple[Obj, rules.PodProblem | None]]:
+    """The engine pods of ``plan`` now, by name, each with what is wrong with it (for status)."""
+    from lightkube.resources.core_v1 import Event, Pod
 
-    pods = await cluster.list_dicts(Pod, namespace=plan.spec.kubernetes.namespace, labels=selector(plan))
-    return sorted(pods, key=lambda p: p["metadata"]["name"])
+    ns = plan.spec.kubernetes.namespace
+    pods = sorted(
+        await cluster.list_dicts(Pod, namespace=ns, labels=selector(plan)), key=lambda p: p["metadata"]["name"]
+    )
+    events = await cluster.list_dicts(Event, namespace=ns) if pods else []
+    now = datetime.now(UTC)
+    return [(p, rules.pod_problem(p, events, now=now, unschedulable_grace_s=UNSCHEDULABLE_GRACE_S)) for p in pods]
 
 
 def _show(plan: Plan, seen: Seen, report: Reporter, elapsed_s: float) -> None:
