@@ -33,7 +33,7 @@ from vllm_fleet.bench import http1
 from vllm_fleet.bench.datasets import Prompt, TokenCounter
 from vllm_fleet.bench.metrics import RequestResult
 from vllm_fleet.bench.scrape import ServerMetrics
-from vllm_fleet.wire.prometheus import parse_prometheus
+from vllm_fleet.wire.prometheus import KV_CACHE_USAGE, parse_prometheus
 from vllm_fleet.wire.sse import DONE, SSEDecoder
 
 _HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -65,6 +65,7 @@ class LoadConfig:
     scrape_metrics: bool = True
     workers: int = 1
     api_key: str | None = field(default=None, repr=False)
+    replicas: tuple[str, ...] = ()  # more servers of the same model: requests go round-robin over url and these
 
     @property
     def closed_loop(self) -> bool:
@@ -141,8 +142,9 @@ class Runner:
         self._t0 = 0.0
         self._bodies = [request_body(config, p) for p in self.prompts]
         headers = dict(_HEADERS) | ({"Authorization": f"Bearer {config.api_key}"} if config.api_key else {})
-        self._client = http1.Client(config.url, headers)
-        self._heads = [self._client.head("POST", config.endpoint, body) for body in self._bodies]
+        # One client (its own keep-alive pool) per server; a request's bytes carry its server's Host header.
+        self._clients = [http1.Client(url, headers) for url in (config.url, *config.replicas)]
+        self._heads = [[c.head("POST", config.endpoint, body) for body in self._bodies] for c in self._clients]
 
     async def run(self) -> RunResult:
         """Warm up, run, scrape, return the raw results."""
@@ -172,7 +174,8 @@ class Runner:
             await asyncio.sleep(_SETTLE_S)
             await self._scrape()
         finally:
-            self._client.close()
+            for client in self._clients:
+                client.close()
         return RunResult(config.request_rate, self.results, duration, self.server, self.stopped_early)
 
     async def _open_loop(self) -> None:
@@ -225,8 +228,9 @@ class Runner:
 
     def _send_now(self, result: RequestResult, prompt_index: int) -> _Sent | None:
         called = time.perf_counter()
-        response = self._client.send_now(
-            "POST", self.config.endpoint, self._bodies[prompt_index], self._heads[prompt_index]
+        server = result.index % len(self._clients)
+        response = self._clients[server].send_now(
+            "POST", self.config.endpoint, self._bodies[prompt_index], self._heads[server][prompt_index]
         )
         return None if response is None else _Sent(called, response)
 
@@ -239,13 +243,14 @@ class Runner:
         called = sent.called if sent else time.perf_counter()
         result.sent_s = called - self._t0  # until the response says when its request's bytes left
         response: http1.Response | None = None  # released here once ready; ready() releases on failure
+        server = result.index % len(self._clients)
         try:
             async with asyncio.timeout(self.config.timeout_s):
                 response = await (
                     sent.response.ready()
                     if sent
-                    else self._client.request(
-                        "POST", self.config.endpoint, self._bodies[prompt_index], self._heads[prompt_index]
+                    else self._clients[server].request(
+                        "POST", self.config.endpoint, self._bodies[prompt_index], self._heads[server][prompt_index]
                     )
                 )
                 result.sent_s = response.sent_at - self._t0
@@ -316,19 +321,32 @@ class Runner:
                 return
 
     async def _scrape(self) -> None:
+        """One sample of every server's /metrics, merged: queues and counters add up, KV cache usage is the fullest."""
         if not self.config.scrape_metrics:
             return
+        seen = [v for v in await asyncio.gather(*(self._scrape_one(c) for c in self._clients)) if v is not None]
+        if not seen:
+            return
+        merged: dict[str, float] = {}
+        for values in seen:
+            for name, value in values.items():
+                merged[name] = (
+                    max(merged.get(name, value), value) if name == KV_CACHE_USAGE else merged.get(name, 0) + value
+                )
+        self.server.add(time.perf_counter() - self._t0, merged)
+
+    async def _scrape_one(self, client: http1.Client) -> dict[str, float] | None:
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                response = await self._client.request("GET", "/metrics")
+                response = await client.request("GET", "/metrics")
                 try:
                     if response.status == 200:
-                        text = (await response.read()).decode()
-                        self.server.add(time.perf_counter() - self._t0, parse_prometheus(text))
+                        return parse_prometheus((await response.read()).decode())
                 finally:
                     response.release()
         except (OSError, TimeoutError, ValueError):
-            return
+            return None
+        return None
 
 
 class _Sent(NamedTuple):

@@ -42,12 +42,11 @@ class BenchReport:
     slo: SLO | None = None
     best_rate: float | None = None
     hpa_target: dict[str, Any] | None = None
-    warnings: list[str] = field(default_factory=list)  # what the reader should know about how it was measured
 
     def to_dict(self) -> dict[str, Any]:
         """``--json``: one run gives its summary at the top level (vLLM's layout), a sweep lists them."""
         points = [p.summary for p in self.points]
-        head = {"url": self.url, "model": self.model, "settings": self.settings, "warnings": self.warnings}
+        head = {"url": self.url, "model": self.model, "settings": self.settings}
         if len(points) == 1 and self.best_rate is None and self.hpa_target is None:
             return head | points[0]
         return head | {"runs": points, "best_rate_within_slo": self.best_rate, "recommend_hpa": self.hpa_target}

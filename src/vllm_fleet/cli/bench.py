@@ -141,8 +141,6 @@ def _print(result) -> None:
     for label, key in TABLE_KEYS:
         table.add_row(label, *(cell(p.summary, key) for p in result.points))
     console.print(table)
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     for point in result.points:
         if (done := point.summary["completed"]) and done < SMALL_SAMPLE_P99:
             console.print(

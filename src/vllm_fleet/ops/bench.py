@@ -72,7 +72,8 @@ async def run_bench(
         if (opts.search or opts.recommend_hpa) and slo is None:
             raise SpecError("--search and --recommend-hpa need an SLO", fix="add --slo p95_ttft_ms<=1000")
         url = found.urls[0]
-        await ensure_listening(url)
+        for each in found.urls:
+            await ensure_listening(each)
         spec_tokenizer = found.plan.model_dir if found.plan else None
         counter = datasets.load_tokenizer(opts.tokenizer or spec_tokenizer)
         count = opts.num_prompts or (None if opts.duration_s else 100)
@@ -101,6 +102,7 @@ async def run_bench(
             ignore_eos=opts.ignore_eos,
             seed=opts.seed,
             workers=opts.workers,
+            replicas=tuple(found.urls[1:]),
         )
         settings = {
             "endpoint": opts.endpoint,
@@ -114,13 +116,9 @@ async def run_bench(
             "output_len": opts.output_len,
             "ignore_eos": opts.ignore_eos,
             "tokenizer": counter.source,
+            "servers": len(found.urls),
         }
         result = sweep.BenchReport(url, served, settings, slo=slo)
-        if len(found.urls) > 1:
-            result.warnings.append(
-                f"loads replica 0 only ({url}) of {len(found.urls)}: the router, when built, puts one endpoint "
-                "in front of them all; until then bench each replica's URL"
-            )
         result.points = await sweep.sweep(
             config, prompts, counter, rates, slo, opts.search, on_point=on_point, progress=on_progress
         )

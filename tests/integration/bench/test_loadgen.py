@@ -243,3 +243,29 @@ def test_worker_processes_merge_raw_samples(yardstick: str):
     summary = json.loads(out.stdout)
     assert (summary["completed"], summary["failed"], summary["settings"]["workers"]) == (41, 0, 2)
     assert _served(yardstick) - before == 43  # 41 measured, one warm-up per process
+
+
+def test_bench_of_a_spec_loads_every_replica_and_merges_their_metrics(tmp_path: Path) -> None:
+    """`bench SPEC` with replicas: 2 sends to both servers (round-robin), not only the first."""
+    from tests.servers import fake_engine
+
+    base = fake_engine.free_port()
+    while True:  # two adjacent free ports: the spec's replicas sit at base_port and base_port + 1
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", base + 1))
+            break
+        except OSError:
+            base = fake_engine.free_port()
+    spec = tmp_path / "two.yaml"
+    spec.write_text(
+        "name: two\nmodel: {source: ./m, served_name: yardstick}\nreplicas: 2\n"
+        f"local: {{base_port: {base}}}\ncache: {{dir: {tmp_path / 'cache'}}}\n"
+    )
+    with fake_engine.running(port=base) as first, fake_engine.running(port=base + 1) as second:
+        out = bench(str(spec), "--num-prompts", "40", "--request-rate", "400", "--random-output-len", "4", "--json")
+        assert out.returncode == 0, out.stderr
+        summary = json.loads(out.stdout)
+        assert summary["completed"] == 40 and summary["settings"]["servers"] == 2
+        served = [_served(first.url), _served(second.url)]
+    assert sum(served) >= 40 and min(served) >= 18, served  # 20 each, plus the warm-up
