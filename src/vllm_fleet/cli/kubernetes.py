@@ -1,4 +1,4 @@
-"""`vllm-fleet render / bake / drain`: the Kubernetes target."""
+"""`vllm-fleet render / bake / drain`: Kubernetes manifests, the disk bake, and the pods' drain hook."""
 
 from __future__ import annotations
 

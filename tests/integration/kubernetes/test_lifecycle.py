@@ -112,7 +112,7 @@ def test_gpus_short_with_an_autoscaler_waits_for_the_scale_up_then_serves(
 ) -> None:
     from vllm_fleet.targets.kubernetes.cluster import wait
 
-    monkeypatch.setattr(wait, "UNSCHEDULABLE_GRACE_S", 1.0)
+    monkeypatch.setattr(wait, "UNSCHEDULABLE_GRACE_S", 2.5)  # > the 1 s resolution of API times
     monkeypatch.setattr(wait, "BACKOFF_S", (0.2, 1.0))
     ready_cluster(fake_kube, gpu_nodes=0)
     fake_kube.set_autoscaler_status()
@@ -121,7 +121,7 @@ def test_gpus_short_with_an_autoscaler_waits_for_the_scale_up_then_serves(
         result: dict[str, object] = {}
         runner = _in_thread(lambda: result.setdefault("up", up(plan_of(), fake_kubeconfig, report)))
         fake_kube.wait_for(lambda: fake_kube.unschedulable_pods(), timeout_s=10)
-        fake_kube.autoscaler_scale_up("gpu-pool", "gpu-new", after_s=2.0, labels=GKE_L4, gpus=1, taints=GPU_TAINT)
+        fake_kube.autoscaler_scale_up("gpu-pool", "gpu-new", after_s=4.5, labels=GKE_L4, gpus=1, taints=GPU_TAINT)
         runner.join(timeout=30)
     outcome = result["up"]
     assert isinstance(outcome, lifecycle.UpOutcome) and len(outcome.started.replicas) == 1
@@ -134,17 +134,17 @@ def test_a_stockout_that_never_ends_times_out_with_its_cause(
 ) -> None:
     from vllm_fleet.targets.kubernetes.cluster import wait
 
-    monkeypatch.setattr(wait, "UNSCHEDULABLE_GRACE_S", 0.5)
+    monkeypatch.setattr(wait, "UNSCHEDULABLE_GRACE_S", 2.5)  # > the 1 s resolution of API times
     ready_cluster(fake_kube, gpu_nodes=0)
     fake_kube.set_autoscaler_status()
     with fake_kube.run_controllers():
         errors: list[BaseException] = []
-        runner = _in_thread(lambda: up(plan_of(), fake_kubeconfig, timeout_s=4), errors)
+        runner = _in_thread(lambda: up(plan_of(), fake_kubeconfig, timeout_s=6), errors)
         fake_kube.wait_for(lambda: fake_kube.unschedulable_pods(), timeout_s=10)
         fake_kube.autoscaler_failed_scale_up("us-central1-a", error="GCE out of resources")
         runner.join(timeout=30)
     [error] = errors
-    assert isinstance(error, TargetError) and "not ready after 4 s" in error.message
+    assert isinstance(error, TargetError) and "not ready after 6 s" in error.message
     assert "GCE out of resources" in error.message
 
 

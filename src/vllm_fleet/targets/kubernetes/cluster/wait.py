@@ -187,9 +187,19 @@ async def current_pods(cluster: Cluster, plan: Plan) -> list[tuple[Obj, rules.Po
 
 
 def _show(plan: Plan, seen: Seen, report: Reporter, elapsed_s: float) -> None:
+    """One row per pod (what it does, restarts, time against the Plan's start-up budget), and the newest event."""
     budget = plan.startup_budget_s
     for i, pod in enumerate(sorted(seen.of("Pod"), key=lambda p: p["metadata"]["name"])):
-        report.replica(i, pod["metadata"]["name"], f"{pod_phase(pod)} {_mmss(elapsed_s)} (budget {_mmss(budget)})")
+        restarts = sum(c.get("restartCount", 0) for c in (pod.get("status") or {}).get("containerStatuses") or [])
+        again = f", {restarts} restart(s)" if restarts else ""
+        report.replica(
+            i, pod["metadata"]["name"], f"{pod_phase(pod)}{again} {_mmss(elapsed_s)} (budget {_mmss(budget)})"
+        )
+    if seen.events:
+        newest = seen.events[-1]  # the watch delivers them in the order the server wrote them
+        about = (newest.get("involvedObject") or newest.get("regarding") or {}).get("name", "")
+        text = newest.get("message") or newest.get("note") or ""
+        report.phase(f"newest event: {newest.get('type', '')} {newest.get('reason', '')} {about}: {text}"[:200])
 
 
 def pod_phase(pod: Obj) -> str:
