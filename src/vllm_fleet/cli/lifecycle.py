@@ -1,6 +1,8 @@
-"""`vllm-fleet preflight / up / down / status`: parse, call the core flow, print, pick the exit code."""
+"""`vllm-fleet preflight / up / down / status / doctor`: parse, call the core flow, print, pick the exit code."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
@@ -143,8 +145,50 @@ def status(
         raise typer.Exit(1)
 
 
+def doctor(
+    spec: str | None = typer.Argument(None, help="The spec whose deployment to examine (live).", show_default=False),
+    env: str | None = EnvOpt,
+    from_dir: Path | None = typer.Option(None, "--from", help="Read a dump instead: kubectl get -o json files, logs/."),
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The cause of a broken deployment in one line each, with evidence and the fix. Exit 1 when one is found."""
+    from vllm_fleet.errors import SpecError
+    from vllm_fleet.ops import lifecycle
+    from vllm_fleet.plan import load_plan
+
+    with errors(as_json):
+        if from_dir is not None:
+            found = lifecycle.doctor_from(from_dir)
+        elif spec is not None:
+            found = run(lifecycle.doctor(load_plan(spec, env), _options(kubeconfig, context)))
+        else:
+            raise SpecError("doctor needs a spec (live) or --from DIR (a dump)", fix="vllm-fleet doctor SPEC --env E")
+    if as_json:
+        print_json([d.to_dict() for d in found])
+    else:
+        print_diagnoses(found)
+    if found:
+        raise typer.Exit(1)
+
+
+def print_diagnoses(found) -> None:
+    from rich.markup import escape
+
+    if not found:
+        console.print("[green]nothing wrong found[/]")
+    for d in found:
+        kind = "primary" if d.primary else "proximate"
+        wait = "waiting may fix it" if d.retryable else "waiting will not fix it"
+        console.print(f"[red bold]{escape(d.cause)}[/] [dim]({kind}; {wait})[/]", soft_wrap=True)
+        console.print(f"  evidence: {escape(d.evidence)}", soft_wrap=True)
+        console.print(f"  fix: {escape(d.fix)}", soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(preflight)
+    app.command()(doctor)
     app.command()(up)
     app.command()(down)
     app.command()(status)

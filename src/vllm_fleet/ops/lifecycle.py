@@ -1,4 +1,4 @@
-"""preflight, up, down and status of a Plan, the same flow for every target.
+"""preflight, up, down, status and doctor of a Plan, the same flow for every target.
 
 ``up`` = preflight -> target.up -> endpoints -> verify (-> register with the router, to come).
 A failed preflight check stops before anything starts or is written; a failed verify leaves
@@ -10,12 +10,22 @@ and says so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vllm_fleet.errors import NotBuilt, TargetError
 from vllm_fleet.plan import Plan
 from vllm_fleet.targets import target_for
-from vllm_fleet.targets.base import QUIET, Finding, Replica, ReplicaStatus, Reporter, TargetOptions, UpResult
+from vllm_fleet.targets.base import (
+    QUIET,
+    Diagnosis,
+    Finding,
+    Replica,
+    ReplicaStatus,
+    Reporter,
+    TargetOptions,
+    UpResult,
+)
 from vllm_fleet.verify import VerifyReport, VerifySettings, verify_all
 
 
@@ -93,3 +103,15 @@ async def down(plan: Plan, *, purge: bool = False, options: TargetOptions | None
 async def status(plan: Plan, options: TargetOptions | None = None) -> list[ReplicaStatus]:
     """Each replica of ``plan`` and its state."""
     return await target_for(plan, options).status()
+
+
+async def doctor(plan: Plan, options: TargetOptions | None = None) -> list[Diagnosis]:
+    """What is wrong with ``plan``'s deployment, live, primary causes first."""
+    return await target_for(plan, options).doctor()
+
+
+def doctor_from(directory: Path) -> list[Diagnosis]:
+    """What is wrong, read from a dump a colleague sent (kubectl get -o json Lists and container logs)."""
+    from vllm_fleet.targets.kubernetes.cluster.doctor import diagnose, read_dump
+
+    return diagnose(read_dump(directory))

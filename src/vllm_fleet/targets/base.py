@@ -81,6 +81,24 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Diagnosis:
+    """One thing doctor found wrong: the cause in a line, the evidence it read, and the fix.
+
+    ``primary`` marks a root cause; a proximate one (CrashLoopBackOff) is what the primary led to.
+    """
+
+    cause: str
+    evidence: str  # the status field, event or log line read, with the object's name (and time when known)
+    fix: str
+    retryable: bool  # waiting will fix it
+    primary: bool = True
+    subject: str = ""  # which object, e.g. pod/NAME
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class UpResult:
     """What ``up`` brought up, with notes worth printing (a prefetch's result, a fallback taken)."""
 
@@ -142,7 +160,7 @@ class Target(ABC):
     async def restart(self, report: Reporter = QUIET) -> UpResult: ...
 
     @abstractmethod
-    async def doctor(self) -> list[Finding]: ...
+    async def doctor(self) -> list[Diagnosis]: ...
 
 
 def not_built(target: str, what: str, instead: str) -> NotBuilt:

@@ -10,8 +10,20 @@ from __future__ import annotations
 from collections import Counter
 from contextlib import AbstractAsyncContextManager
 
-from vllm_fleet.targets.base import QUIET, Finding, Replica, ReplicaStatus, Reporter, Target, UpResult, not_built
-from vllm_fleet.targets.kubernetes.cluster.client import connect
+from vllm_fleet.errors import TargetError
+from vllm_fleet.plan import Plan
+from vllm_fleet.targets.base import (
+    QUIET,
+    Diagnosis,
+    Finding,
+    Replica,
+    ReplicaStatus,
+    Reporter,
+    Target,
+    UpResult,
+    not_built,
+)
+from vllm_fleet.targets.kubernetes.cluster.client import Cluster, connect
 from vllm_fleet.targets.kubernetes.manifests.render import render
 
 
@@ -41,7 +53,10 @@ class KubernetesTarget(Target):
                 report.line(f"nothing to change: {counts['unchanged']} object(s) as applied before")
             else:
                 report.line("applied: " + ", ".join(f"{n} {action}" for action, n in sorted(counts.items())))
-            replicas = await wait_ready(cluster, self.plan, objects, report, self.options.timeout_s)
+            try:
+                replicas = await wait_ready(cluster, self.plan, objects, report, self.options.timeout_s)
+            except TargetError as exc:
+                raise await _with_diagnosis(exc, cluster, self.plan) from exc
         return UpResult(replicas, extra={"applied": [a.to_dict() for a in applied]})
 
     async def down(self, purge: bool = False) -> list[Replica]:
@@ -77,7 +92,21 @@ class KubernetesTarget(Target):
     async def restart(self, report: Reporter = QUIET) -> UpResult:
         raise not_built("kubernetes", "restart", f"kubectl -n {self._ns} rollout restart deployment/{self.plan.name}")
 
-    async def doctor(self) -> list[Finding]:
-        raise not_built(
-            "kubernetes", "doctor", f"kubectl -n {self._ns} describe pods -l app.kubernetes.io/name={self.plan.name}"
-        )
+    async def doctor(self) -> list[Diagnosis]:
+        from vllm_fleet.targets.kubernetes.cluster.doctor import collect, diagnose
+
+        async with connect(self.options, self._ns) as cluster:
+            return diagnose(await collect(cluster, self.plan))
+
+
+async def _with_diagnosis(error: TargetError, cluster: Cluster, plan: Plan) -> TargetError:
+    """``error`` with doctor's primary cause (the engine's own last words, when its log says why) added."""
+    from vllm_fleet.targets.kubernetes.cluster.doctor import collect, diagnose
+
+    found = diagnose(await collect(cluster, plan))
+    primary = next((d for d in found if d.primary), None)
+    if primary is None or primary.cause in error.message:
+        return error
+    return TargetError(
+        error.message, fix=primary.fix or error.fix, details=f"doctor: {primary.cause}\n  evidence: {primary.evidence}"
+    )

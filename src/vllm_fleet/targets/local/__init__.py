@@ -23,7 +23,17 @@ import httpx
 from vllm_fleet import engine
 from vllm_fleet.errors import EngineError, FleetError, TargetError
 from vllm_fleet.plan.model import check_engine_fits_model, config_in
-from vllm_fleet.targets.base import QUIET, Finding, Replica, ReplicaStatus, Reporter, Target, UpResult, not_built
+from vllm_fleet.targets.base import (
+    QUIET,
+    Diagnosis,
+    Finding,
+    Replica,
+    ReplicaStatus,
+    Reporter,
+    Target,
+    UpResult,
+    not_built,
+)
 from vllm_fleet.targets.local import process
 from vllm_fleet.targets.local.health import wait_healthy
 from vllm_fleet.targets.local.state import ProcessRecord, clear_state, read_state, write_state
@@ -134,7 +144,7 @@ class LocalTarget(Target):
     async def restart(self, report: Reporter = QUIET) -> UpResult:
         raise not_built("local", "restart", "vllm-fleet down SPEC, then vllm-fleet up SPEC")
 
-    async def doctor(self) -> list[Finding]:
+    async def doctor(self) -> list[Diagnosis]:
         raise not_built("local", "doctor", "read the replica logs under the run dir (vllm-fleet status SPEC)")
 
 
