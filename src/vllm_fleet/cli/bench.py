@@ -7,7 +7,17 @@ from pathlib import Path
 
 import typer
 
-from vllm_fleet.cli.common import EnvOpt, JsonOpt, console, err_console, errors, print_json, run
+from vllm_fleet.cli.common import (
+    ContextOpt,
+    EnvOpt,
+    JsonOpt,
+    KubeconfigOpt,
+    console,
+    err_console,
+    errors,
+    print_json,
+    run,
+)
 
 
 def bench(
@@ -40,11 +50,14 @@ def bench(
     workers: int = typer.Option(1, min=1, help="Client processes (for rates one process cannot drive)."),
     csv: Path | None = typer.Option(None, "--csv", help="Write one row per request here."),
     html: Path | None = typer.Option(None, "--html", help="Write the HTML report (plots inline) here."),
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Load an endpoint and report TTFT, TPOT, ITL, E2E latency, throughput and the server's queue."""
     from vllm_fleet.bench import report
     from vllm_fleet.ops.bench import BenchOptions, parse_rates
+    from vllm_fleet.targets.base import TargetOptions
 
     with errors(as_json):
         opts = BenchOptions(
@@ -70,7 +83,7 @@ def bench(
             seed=seed,
             workers=workers,
         )
-        result = _run(target, env, opts, quiet=as_json)
+        result = _run(target, env, opts, quiet=as_json, options=TargetOptions(kubeconfig=kubeconfig, context=context))
         written = []
         if csv:
             report.write_csv(result, csv)
@@ -92,7 +105,7 @@ def bench(
         raise typer.Exit(1)
 
 
-def _run(target: str, env: str | None, opts, quiet: bool):
+def _run(target: str, env: str | None, opts, quiet: bool, options):
     """Every run, with a live progress line per run on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -125,7 +138,7 @@ def _run(target: str, env: str | None, opts, quiet: bool):
                     line + (f" [red]{point.run.stopped_early}[/]" if point.run.stopped_early else "")
                 )
 
-        return run(run_bench(target, env, opts, on_point=on_point, on_progress=on_progress))
+        return run(run_bench(target, env, opts, on_point=on_point, on_progress=on_progress, options=options))
 
 
 def _print(result) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vllm_fleet.cli.common import EnvOpt, JsonOpt, console, errors, print_json, run
+from vllm_fleet.cli.common import ContextOpt, EnvOpt, JsonOpt, KubeconfigOpt, console, errors, print_json, run
 
 
 def verify(
@@ -13,16 +13,29 @@ def verify(
     model: str | None = typer.Option(None, help="Served model name (default: the spec's, or the first listed)."),
     requests: int | None = typer.Option(None, min=1, help="Requests for the latency check (default: spec or 20)."),
     slo: float | None = typer.Option(None, min=0.001, help="p95 latency promise in seconds (default: spec or 3)."),
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Check health, model list, chat, streaming, and the p95 latency SLO. Exit 1 if one fails."""
     from contextlib import nullcontext
 
     from vllm_fleet.ops.endpoints import verify_endpoints
+    from vllm_fleet.targets.base import TargetOptions
 
     with errors(as_json), nullcontext() if as_json else console.status("verifying") as status:
         progress = status.update if status else None
-        reports = run(verify_endpoints(target, env, model=model, requests=requests, slo_p95_s=slo, progress=progress))
+        reports = run(
+            verify_endpoints(
+                target,
+                env,
+                model=model,
+                requests=requests,
+                slo_p95_s=slo,
+                progress=progress,
+                options=TargetOptions(kubeconfig=kubeconfig, context=context),
+            )
+        )
     if as_json:
         print_json([r.to_dict() for r in reports])
     else:

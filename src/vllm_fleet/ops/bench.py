@@ -13,6 +13,7 @@ from vllm_fleet.bench import datasets, loadgen, metrics, sweep
 from vllm_fleet.errors import CheckFailed, SpecError
 from vllm_fleet.ops.endpoints import open_endpoints
 from vllm_fleet.plan import Plan
+from vllm_fleet.targets.base import TargetOptions
 from vllm_fleet.wire.health import ensure_listening
 from vllm_fleet.wire.openai import served_models
 
@@ -61,12 +62,13 @@ async def run_bench(
     opts: BenchOptions,
     on_point: Callable[[sweep.Point], None] | None = None,
     on_progress: Callable[[int, int | None, float], None] | None = None,
+    options: TargetOptions | None = None,
 ) -> sweep.BenchReport:
     """Load ``where`` (a URL or a spec) as ``opts`` say and report every rate measured."""
     rates = list(opts.rates)
     if opts.search and rates == [math.inf]:
         rates = [1.0]  # the search starts low and doubles
-    async with open_endpoints(where, env) as found:
+    async with open_endpoints(where, env, options) as found:
         slo_text = opts.slo or (_spec_slo(found.plan) if found.plan else None)
         slo = metrics.parse_slo(slo_text) if slo_text else None
         if (opts.search or opts.recommend_hpa) and slo is None:

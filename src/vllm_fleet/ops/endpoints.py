@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from vllm_fleet.plan import Plan, load_plan
 from vllm_fleet.targets import target_for
+from vllm_fleet.targets.base import TargetOptions
 from vllm_fleet.verify import Progress, VerifyReport, VerifySettings, verify_all
 from vllm_fleet.wire.openai import server_root
 
@@ -32,13 +33,15 @@ def is_url(where: str) -> bool:
 
 
 @asynccontextmanager
-async def open_endpoints(where: str, env: str | None = None) -> AsyncIterator[Endpoints]:
+async def open_endpoints(
+    where: str, env: str | None = None, options: TargetOptions | None = None
+) -> AsyncIterator[Endpoints]:
     """``where`` is a URL (server root or /v1 base) or a spec path; the endpoints stay reachable inside."""
     if is_url(where):
         yield Endpoints([server_root(where)])
         return
     plan = load_plan(where, env)
-    async with target_for(plan).endpoints() as urls:
+    async with target_for(plan, options).endpoints() as urls:
         yield Endpoints(urls, plan)
 
 
@@ -50,9 +53,10 @@ async def verify_endpoints(
     requests: int | None = None,
     slo_p95_s: float | None = None,
     progress: Progress | None = None,
+    options: TargetOptions | None = None,
 ) -> list[VerifyReport]:
     """Verify a URL, or every replica of a spec against the spec's promise; arguments override the spec."""
-    async with open_endpoints(where, env) as found:
+    async with open_endpoints(where, env, options) as found:
         settings = VerifySettings.of(found.plan) if found.plan else VerifySettings()
         settings = dataclasses.replace(
             settings,

@@ -51,8 +51,11 @@ def ready_cluster(kube: FakeKube, gpu_nodes: int = 1) -> None:
     kube.add_storage_class("fast-ssd", binding_mode="WaitForFirstConsumer")
 
 
-def up(plan: Plan, kubeconfig: Path, report: Reporter | None = None, **more: object) -> lifecycle.UpOutcome:
-    return asyncio.run(lifecycle.up(plan, report or Lines(), options=options(kubeconfig, **more)))
+def up(
+    plan: Plan, kubeconfig: Path, report: Reporter | None = None, *, verify: bool = False, **more: object
+) -> lifecycle.UpOutcome:
+    """`up` through the core flow; verify only when asked (it needs a server behind the fake's port-forward)."""
+    return asyncio.run(lifecycle.up(plan, report or Lines(), verify=verify, options=options(kubeconfig, **more)))
 
 
 def kinds(kube: FakeKube, api_version: str, kind: str) -> list[str]:

@@ -8,11 +8,14 @@ writes. Raw ``httpx`` is used where lightkube has no call for the request (``/ve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 import httpx2
 import pytest
@@ -89,6 +92,14 @@ def gpu_pod(name: str, gpus: int = 1, **spec: Any) -> Any:
             "spec": {"containers": [{"name": "vllm", "image": "vllm:1", "resources": resources}], **spec},
         }
     )
+
+
+@contextlib.contextmanager
+def socket_closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections (bound, never listening) while the context is open."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 # -- the wire: version, authentication ------------------------------------------------------------
@@ -786,6 +797,100 @@ def test_progress_deadline_exceeded_when_told(fake_kube: FakeKube, fake_kubeconf
         assert progressing.message == f'ReplicaSet "{rs["metadata"]["name"]}" has timed out progressing.'
 
     run(fake_kubeconfig, body)
+
+
+# -- port-forward over WebSocket ---------------------------------------------------------------
+
+
+def running_pod(kube: FakeKube, name: str) -> None:
+    """A bare pod on a node, Running once the components have settled."""
+    if kube.get("v1", "Node", "cpu-a") is None:
+        kube.add_node("cpu-a")
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{"name": "vllm", "image": "vllm:1"}]},
+        }
+    )
+    kube.settle()
+    pod = kube.get("v1", "Pod", name, "default")
+    assert pod is not None and pod["status"]["phase"] == "Running"
+
+
+def test_port_forward_frames_ports_and_carries_bytes_both_ways(fake_kube: FakeKube) -> None:
+    running_pod(fake_kube, "web-0")
+    with socket_closed_port() as closed:
+
+        async def main() -> None:
+            async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                while (data := await reader.read(1024)) and data != b"quit":
+                    writer.write(data)
+                    await writer.drain()
+                writer.close()
+
+            server = await asyncio.start_server(echo, "127.0.0.1", 0)
+            fake_kube.forward_pods(
+                "127.0.0.1", {8000: server.sockets[0].getsockname()[1], 8001: closed}, pod_prefix="web-"
+            )
+            url = f"{fake_kube.url}/api/v1/namespaces/default/pods/web-0/portforward?ports=8000&ports=8001"
+            headers = {"Authorization": f"Bearer {fake_kube.token}"}
+            protocols = ("portforward.k8s.io",)
+            async with (
+                server,
+                aiohttp.ClientSession() as session,
+                session.ws_connect(url, protocols=protocols, headers=headers) as ws,
+            ):
+                assert ws.protocol == "portforward.k8s.io"
+                # websocket.go: the port, uint16 little-endian, on data then error channel of each port
+                frames = [await ws.receive_bytes(timeout=2) for _ in range(4)]
+                assert frames == [b"\x00\x40\x1f", b"\x01\x40\x1f", b"\x02\x41\x1f", b"\x03\x41\x1f"]
+                refused = await ws.receive_bytes(timeout=2)  # nothing listens behind port 8001
+                assert refused[0] == 3 and b"error forwarding port 8001 to pod" in refused
+                assert refused.endswith(b"connect: connection refused")
+                await ws.send_bytes(b"\x00hello")
+                assert await ws.receive_bytes(timeout=2) == b"\x00hello"
+                await ws.send_bytes(b"\x00quit")  # the pod's end closes: so does the WebSocket
+                assert (await ws.receive(timeout=2)).type == aiohttp.WSMsgType.CLOSE
+
+        asyncio.run(main())
+    assert fake_kube.server_errors == []
+
+
+def test_port_forward_refusals_answer_before_the_upgrade(fake_kube: FakeKube) -> None:
+    running_pod(fake_kube, "web-0")
+    fake_kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "waiting", "namespace": "default"},
+            "spec": {"containers": [{"name": "vllm", "image": "vllm:1"}], "nodeSelector": {"pool": "none"}},
+        }
+    )
+    fake_kube.settle()
+    headers = {"Authorization": f"Bearer {fake_kube.token}"}
+
+    async def status(pod: str) -> int:
+        url = f"{fake_kube.url}/api/v1/namespaces/default/pods/{pod}/portforward?ports=8000"
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.ws_connect(url, protocols=("portforward.k8s.io",), headers=headers):
+                    return 101
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+    assert asyncio.run(status("missing")) == 404
+    assert asyncio.run(status("waiting")) == 400
+    response = httpx.get(
+        f"{fake_kube.url}/api/v1/namespaces/default/pods/waiting/portforward?ports=8000", headers=headers
+    )
+    assert response.status_code == 501 and "SPDY" in response.json()["message"]  # no upgrade: not modelled
+    assert asyncio.run(status("web-0")) == 101
+    fake_kube.deny("create", "", "pods/portforward")
+    assert asyncio.run(status("web-0")) == 403
+    assert asyncio.run(status("missing")) == 403  # authorization comes before the lookup
+    assert fake_kube.server_errors == []
 
 
 def test_not_modelled_apis_say_so(fake_kube: FakeKube) -> None:

@@ -26,6 +26,7 @@ from tests.integration.kubernetes.scenario import (
     ready_cluster,
     up,
 )
+from tests.servers import fake_engine
 from tests.servers.fake_kube import fixture
 from tests.servers.fake_kube.fake import FakeKube
 from tests.servers.fake_kube.kubelet import CrashLoop, ImagePullError
@@ -37,17 +38,25 @@ fake_kube = fixture.fake_kube
 fake_kubeconfig = fixture.fake_kubeconfig
 
 
-def test_happy_path_applies_waits_until_ready_and_says_it_is_unverified(
+def test_happy_path_applies_waits_until_ready_and_verifies_through_a_port_forward(
     fake_kube: FakeKube, fake_kubeconfig: Path
 ) -> None:
     ready_cluster(fake_kube)
     plan, report = plan_of(), Lines()
-    with fake_kube.run_controllers():
-        outcome = up(plan, fake_kubeconfig, report)
+    with fake_engine.running("--models", "qwen") as engine, fake_kube.run_controllers():
+        fake_kube.forward_pods("127.0.0.1", {8000: engine.port})  # the pods' port 8000 is this engine
+        outcome = up(plan, fake_kubeconfig, report, verify=True)
     assert [r.url for r in outcome.started.replicas] and outcome.started.replicas[0].url.startswith("pod/qwen-")
     assert kinds(fake_kube, "apps/v1", "Deployment") == ["qwen"]
     assert "qwen-inventory" in kinds(fake_kube, "v1", "ConfigMap")
-    assert not outcome.verified and "port-forward" in (outcome.unverified_because or "")
+    assert outcome.verified and [c.name for c in outcome.reports[0].checks] == [
+        "health",
+        "models",
+        "chat",
+        "stream",
+        "slo",
+    ]
+    assert outcome.reports[0].url.startswith("http://127.0.0.1:") and engine.url not in outcome.reports[0].url
     assert any(line.startswith("applied: ") and "created" in line for line in report.lines), report.lines
     status = asyncio.run(lifecycle.status(plan, options(fake_kubeconfig)))
     assert [s.healthy for s in status] == [True]
@@ -271,12 +280,16 @@ def test_the_cli_preflight_and_up_speak_for_a_cluster(fake_kube: FakeKube, tmp_p
                              text=True, timeout=60)  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "pass gpus: 1 replica(s) x 1 GPU fit" in checked.stdout and "warn namespace: namespace llm" in checked.stdout
-    with fake_kube.run_controllers():
+    with fake_engine.running("--models", "qwen") as engine, fake_kube.run_controllers():
+        fake_kube.forward_pods("127.0.0.1", {8000: engine.port})
         result = subprocess.run([*cli, "up", str(spec), "--kubeconfig", str(kubeconfig), "--json"],
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+        verified = subprocess.run([*cli, "verify", str(spec), "--kubeconfig", str(kubeconfig), "--json"],
+                                  capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     out = json.loads(result.stdout)
-    assert out["verified"] is False and out["endpoints"][0].startswith("pod/qwen-")
+    assert out["verified"] is True and out["endpoints"][0].startswith("pod/qwen-")
+    assert verified.returncode == 0 and json.loads(verified.stdout)[0]["passed"], verified.stdout + verified.stderr
     assert {"kind": "Deployment", "action": "created"}.items() <= next(
         a for a in out["applied"] if a["kind"] == "Deployment"
     ).items()

@@ -11,7 +11,8 @@ or with the fixtures ``fake_kube`` and ``fake_kubeconfig`` (``fixture.py``).
 What is where, one concern a module:
 
 - ``server.py``: routing, authentication (bearer token, 401), authorization (a deny set, 403,
-  SelfSubjectAccessReview), list/watch/get/create/update/patch/delete, discovery, pod logs.
+  SelfSubjectAccessReview), list/watch/get/create/update/patch/delete, discovery, pod logs,
+  pod port-forward over WebSocket.
 - ``store.py``: objects, the global resourceVersion, watch history and watchers, deletion.
 - ``fields.py``: server-side apply field ownership and conflicts; merge, strategic and JSON patches.
 - ``strategy.py``: what create and update do to an object (status, generation, defaults, names).
@@ -21,7 +22,8 @@ What is where, one concern a module:
   collector, namespace controller, pod GC), ``volumes.py`` (PV controller), ``events.py``: the
   components ``FakeKube.step()`` runs once each, or ``run_controllers()`` runs in the background.
 - ``cluster.py``: ``Cluster``, the objects and the scenario methods (nodes, storage classes,
-  container scripts, events, the autoscaler, other users), ``step()`` and ``run_controllers()``.
+  container scripts, port-forward targets, events, the autoscaler, other users), ``step()`` and
+  ``run_controllers()``.
 - ``fake.py``: ``FakeKube(Cluster)``, the server thread, the kubeconfig, the deny set.
 
 Each behaviour names the Kubernetes document or source file it follows; what is not modelled is

@@ -89,6 +89,8 @@ class Cluster:
         self._later: list[tuple[int, str, dict[str, Any]]] = []
         self._timers: list[threading.Timer] = []
         self._loops: list[ControllerLoop] = []
+        # port-forward targets, the last matching wins: (pod name prefix or None, host, container port -> port)
+        self._forwards: list[tuple[str | None, str, dict[int, int]]] = []
         for ns in dict.fromkeys((*SYSTEM_NAMESPACES, *namespaces)):
             self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
 
@@ -379,6 +381,25 @@ class Cluster:
     def unscript(self, script: Script) -> None:
         """Remove a script: the containers it matched behave normally from the next pass."""
         self.kubelet.scripts.remove(script)
+
+    def forward_pods(
+        self, host: str, port_map: Mapping[int, int] | None = None, *, pod_prefix: str | None = None
+    ) -> None:
+        """Pods (those whose name starts with ``pod_prefix``) serve container port P at ``host``:``port_map.get(P, P)``.
+
+        What the ``pods/NAME/portforward`` WebSocket (server.py) connects to, as the kubelet connects
+        to the port inside the pod's network namespace; the last matching call wins. A pod without
+        one refuses every port (an error on the error channel).
+        """
+        self._forwards.append((pod_prefix, host, dict(port_map or {})))
+
+    def forward_target(self, pod: Mapping[str, Any], port: int) -> tuple[str, int] | None:
+        """Where the pod's container port ``port`` is served (``forward_pods``), or None."""
+        name = pod["metadata"]["name"]
+        for prefix, host, port_map in reversed(self._forwards):
+            if prefix is None or name.startswith(prefix):
+                return host, port_map.get(port, port)
+        return None
 
     def exceed_progress_deadline(self, namespace: str, name: str) -> None:
         """The Deployment's rollout times out (Progressing=False, ProgressDeadlineExceeded) on the next step."""

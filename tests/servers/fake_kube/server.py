@@ -18,8 +18,14 @@ allowed but the deny set, which answers 403 with RBAC's wording
 (``staging/src/k8s.io/apiserver/pkg/endpoints/handlers/responsewriters/errors.go`` forbiddenMessage)
 and is what SelfSubjectAccessReviews report.
 
-Not modelled (each answers 501 saying so): exec, attach, port-forward, proxy, eviction, binding,
-scale, ephemeral containers, namespace finalize. Protobuf and CBOR: JSON only. Table output
+Port-forward (``pods/NAME/portforward``) over WebSocket only, in the kubelet's channel framing
+(``pkg/kubelet/cri/streaming/portforward/websocket.go``, which the API server proxies the upgrade
+to): see ``ApiServer._port_forward``; the pod's ports are served where ``Cluster.forward_pods``
+says.
+
+Not modelled (each answers 501 saying so): exec, attach, port-forward over SPDY (a POST, or a GET
+without the WebSocket upgrade), proxy, eviction, binding, scale, ephemeral containers, namespace
+finalize. Protobuf and CBOR: JSON only. Table output
 (``Accept: ...;as=Table``), server-side field validation (unknown fields are kept, not rejected),
 admission webhooks, quotas, limit ranges.
 """
@@ -54,11 +60,12 @@ APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+# what the port-forward WebSocket accepts; it answers with the one the client offered first
+PORT_FORWARD_PROTOCOLS = ("portforward.k8s.io", "v4.channel.k8s.io")
 NOT_MODELLED_SUBRESOURCES = frozenset(
     {
         "exec",
         "attach",
-        "portforward",
         "proxy",
         "eviction",
         "binding",
@@ -216,6 +223,15 @@ class ApiServer:
                 resources.append(
                     {"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]}
                 )
+                resources.append(
+                    {
+                        "name": "pods/portforward",
+                        "singularName": "",
+                        "namespaced": True,
+                        "kind": "PodPortForwardOptions",
+                        "verbs": ["create", "get"],
+                    }
+                )
         gv = f"{group}/{version}" if group else version
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
@@ -253,6 +269,13 @@ class ApiServer:
             ("DELETE", True): "delete",
             ("DELETE", False): "deletecollection",
         }.get((method, name is not None))
+        if sub == "portforward" and rt.kind == "Pod" and not rt.group and name is not None:
+            if method not in ("GET", "POST"):
+                raise errors.method_not_allowed(rt.group, "pods/portforward", method.lower())
+            # RBAC grants port-forward as verb create on pods/portforward (kubectl's POST); the fake
+            # asks for create on the WebSocket GET as well
+            self._authorize(user, "create", rt.group, "pods/portforward", namespace, name, rt)
+            return await self._port_forward(request, namespace or "", name)
         if sub in NOT_MODELLED_SUBRESOURCES:
             raise errors.not_modelled(f"the {rt.plural}/{sub} subresource")
         if sub and not (
@@ -614,6 +637,96 @@ class ApiServer:
         tail = int(query["tailLines"]) if query.get("tailLines") else None
         text = self.kube.kubelet.logs(pod, query.get("container"), query.get("previous", "") in TRUE, tail)
         return web.Response(body=text.encode(), headers={"Content-Type": "text/plain"})
+
+    async def _port_forward(self, request: web.Request, ns: str, name: str) -> web.StreamResponse:
+        """``GET pods/NAME/portforward?ports=P[&ports=Q]`` upgraded to a WebSocket, framed as websocket.go does.
+
+        ``pkg/kubelet/cri/streaming/portforward/websocket.go`` (handleWebSocketStreams): the i-th
+        port has data channel ``2*i`` and error channel ``2*i+1``; every binary message starts with
+        its channel byte; first the server writes the port, 2 bytes little-endian, on both channels
+        of each port. Then client bytes on a data channel go to a TCP connection to the port (here:
+        where ``Cluster.forward_pods`` says) and what it sends comes back on that data channel. A
+        refused connection is the error text (``error forwarding port P to pod ...``) on the error
+        channel; the WebSocket closes when every port's connection has ended, or the client closes
+        it. "portforward.k8s.io" is accepted with the same framing (the real server uses that name
+        for SPDY tunnelled over WebSocket, KEP-4006, which the fake does not model).
+        """
+        if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
+            raise errors.not_modelled("port-forward over SPDY (only the WebSocket upgrade is)")
+        pod = self.kube.store.get(("", "pods"), ns, name)
+        if pod is None:
+            raise errors.not_found("", "pods", name)
+        ports: list[int] = []
+        for value in request.query.getall("ports", []):
+            for text in value.split(","):
+                if not text.isdigit() or not 0 < int(text) < 65536:
+                    raise errors.bad_request(f'unable to parse "{value}" as a port')
+                ports.append(int(text))
+        if not ports:
+            raise errors.bad_request('query parameter "ports" is required')
+        if not pod["spec"].get("nodeName"):
+            raise errors.bad_request(f"pod {name} does not have a host assigned")
+        phase = pod.get("status", {}).get("phase", "Pending")
+        if phase != "Running":
+            raise errors.bad_request(f"unable to forward port because pod is not running. Current status={phase}")
+        offered = [p.strip() for h in request.headers.getall("Sec-WebSocket-Protocol", []) for p in h.split(",")]
+        if any(offered) and not set(offered) & set(PORT_FORWARD_PROTOCOLS):
+            raise errors.bad_request(f"requested protocol(s) are not supported: {offered}")
+        targets = [self.kube.forward_target(pod, port) for port in ports]
+        ws = web.WebSocketResponse(protocols=PORT_FORWARD_PROTOCOLS)
+        await ws.prepare(request)
+        writers: dict[int, asyncio.StreamWriter] = {}
+        pumps: list[asyncio.Task[None]] = []
+        sandbox = pod["metadata"].get("uid", "").replace("-", "")
+
+        async def pump(channel: int, reader: asyncio.StreamReader) -> None:
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(1 << 16):
+                    await ws.send_bytes(bytes([channel]) + chunk)
+
+        async def receive() -> None:
+            async for message in ws:
+                if message.type != web.WSMsgType.BINARY or not message.data:
+                    continue  # wsstream ignores empty frames; text is not the binary protocol's
+                writer = writers.get(message.data[0])  # an error channel or an unknown one: ignored, as wsstream does
+                if writer is not None and not writer.is_closing():
+                    writer.write(message.data[1:])
+                    with contextlib.suppress(ConnectionError):
+                        await writer.drain()
+
+        try:
+            for i, port in enumerate(ports):
+                for channel in (2 * i, 2 * i + 1):
+                    await ws.send_bytes(bytes([channel]) + port.to_bytes(2, "little"))
+            for i, (port, target) in enumerate(zip(ports, targets, strict=True)):
+                try:
+                    if target is None:
+                        raise ConnectionRefusedError("connection refused")
+                    reader, writer = await asyncio.open_connection(*target)
+                except OSError as exc:
+                    why = "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc)
+                    message = (
+                        f"error forwarding port {port} to pod {sandbox}, uid : failed to connect to localhost:{port} "
+                        f'inside namespace "{sandbox}", IPv4: dial tcp4 127.0.0.1:{port}: connect: {why.lower()}'
+                    )
+                    await ws.send_bytes(bytes([2 * i + 1]) + message.encode())
+                    continue
+                writers[2 * i] = writer
+                pumps.append(asyncio.create_task(pump(2 * i, reader)))
+            pumps.append(receiver := asyncio.create_task(receive()))
+            ended = asyncio.gather(*pumps[:-1], return_exceptions=True)
+            # every port's connection ended (websocket.go waits for them all), or the client left
+            await asyncio.wait({receiver, ended}, return_when=asyncio.FIRST_COMPLETED)
+        except ConnectionError:
+            pass  # the client went away before the streams were open
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for writer in writers.values():
+                writer.close()
+            await ws.close()
+        return ws
 
     def _review(self, body: Any) -> dict[str, Any]:
         """SelfSubjectAccessReview: status.allowed from the deny set (``pkg/registry/authorization``)."""

@@ -1,5 +1,6 @@
-"""`verify` and `bench` of a spec reach its replicas through its target: a Kubernetes spec never
-silently tests 127.0.0.1, and a URL is taken as the server root or as the /v1 base alike."""
+"""`verify` and `bench` of a spec reach its replicas through its target: a Kubernetes spec is reached
+through its cluster (a port-forward) and never silently tests 127.0.0.1; a URL is taken as the server
+root or as the /v1 base alike."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import ROOT
-from vllm_fleet.errors import TargetError
+from vllm_fleet.errors import FleetError
 from vllm_fleet.ops.endpoints import open_endpoints
 
 K8S_SPEC = ROOT / "examples" / "gke-pvc-init.yaml"
@@ -57,11 +58,10 @@ def test_a_url_is_its_server_root(url: str) -> None:
     assert _endpoints(url) == ["http://127.0.0.1:9000"]
 
 
-def test_a_kubernetes_spec_says_what_it_needs_instead_of_testing_localhost() -> None:
-    with pytest.raises(TargetError) as caught:
+def test_a_kubernetes_spec_is_reached_through_its_cluster_never_localhost(tmp_path) -> None:
+    with pytest.raises(FleetError) as caught:  # no kubeconfig here: the cluster, not 127.0.0.1, is asked
         _endpoints(str(K8S_SPEC))
-    assert "not built yet" in caught.value.message
-    assert "port-forward svc/" in (caught.value.fix or "")
+    assert "no usable kubeconfig" in caught.value.message and "--kubeconfig" in (caught.value.fix or "")
 
 
 @pytest.mark.parametrize("command", ["verify", "bench"])
@@ -74,6 +74,6 @@ def test_cli_verify_and_bench_of_a_kubernetes_spec_connect_to_nothing(
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "not built yet" in result.stderr and "kubectl -n" in result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no usable kubeconfig" in result.stderr and "--kubeconfig" in result.stderr
     assert _accepted(listener_on_8000) == 0

@@ -1,14 +1,12 @@
-"""The Kubernetes target: preflight, server-side apply, a watched wait, status and down through lightkube.
-
-Reaching the pods from here (a port-forward, for verify and bench), restart and doctor are not
-built yet; each says so with what to do instead, so nothing silently tests 127.0.0.1 for a spec
-that runs on a cluster.
+"""The Kubernetes target: preflight, server-side apply, a watched wait, status, down, doctor, and the pods
+reached from here through a port-forward (verify and bench); restart is not built yet and says so.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from vllm_fleet.errors import TargetError
 from vllm_fleet.plan import Plan
@@ -80,14 +78,25 @@ class KubernetesTarget(Target):
             out.append(ReplicaStatus(Replica(i, f"pod/{pod['metadata']['name']}", "engine"), running, ready, 0, said))
         return out
 
-    def endpoints(self) -> AbstractAsyncContextManager[list[str]]:
-        port = self.plan.spec.kubernetes.port
-        raise not_built(
-            "kubernetes",
-            "reaching the replicas from here (a port-forward)",
-            f"forward a port and pass the URL: kubectl -n {self._ns} port-forward svc/{self.plan.name} 8000:{port}, "
-            "then give http://127.0.0.1:8000 instead of the spec",
-        )
+    @asynccontextmanager
+    async def endpoints(self) -> AsyncIterator[list[str]]:
+        """A port-forward to each ready pod, open while the caller verifies or benches through them."""
+        from vllm_fleet.targets.kubernetes.cluster import rules
+        from vllm_fleet.targets.kubernetes.cluster.forward import forward
+        from vllm_fleet.targets.kubernetes.cluster.wait import current_pods
+
+        async with connect(self.options, self._ns) as cluster, AsyncExitStack() as stack:
+            ready = [p for p, _ in await current_pods(cluster, self.plan) if rules.object_state(p).status == "current"]
+            if not ready:
+                raise TargetError(
+                    f"no ready pod of {self.plan.name} in namespace {self._ns} to reach",
+                    fix="vllm-fleet status SPEC (or doctor SPEC) says why",
+                )
+            port = self.plan.spec.kubernetes.port
+            urls = [
+                await stack.enter_async_context(forward(cluster, self._ns, p["metadata"]["name"], port)) for p in ready
+            ]
+            yield urls
 
     async def restart(self, report: Reporter = QUIET) -> UpResult:
         raise not_built("kubernetes", "restart", f"kubectl -n {self._ns} rollout restart deployment/{self.plan.name}")
