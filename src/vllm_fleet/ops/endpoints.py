@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from vllm_fleet.ops.lifecycle import measured_where_clients_are
 from vllm_fleet.plan import Plan, load_plan
 from vllm_fleet.targets import target_for
 from vllm_fleet.targets.base import TargetOptions
@@ -64,4 +65,7 @@ async def verify_endpoints(
             requests=requests or settings.requests,
             slo_p95_s=slo_p95_s or settings.slo_p95_s,
         )
-        return await verify_all(found.urls, settings, progress)
+        reports = await verify_all(found.urls, settings, progress)
+    if found.plan is None or requests or slo_p95_s:  # a URL, or a promise given here: measured from here
+        return reports
+    return await measured_where_clients_are(target_for(found.plan, options), reports)

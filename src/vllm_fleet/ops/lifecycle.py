@@ -23,6 +23,7 @@ from vllm_fleet.targets.base import (
     Replica,
     ReplicaStatus,
     Reporter,
+    Target,
     TargetOptions,
     UpResult,
 )
@@ -88,11 +89,26 @@ async def up(
     try:
         async with target.endpoints() as urls:
             reports = await verify_all(urls, VerifySettings.of(plan), progress=report.phase)
+        reports = await measured_where_clients_are(target, reports, report)
     except NotBuilt as exc:
         because = f"{exc.message}; {exc.fix}" if exc.fix else exc.message
         report.line(f"ready, not verified: {because}")
         return UpOutcome(findings, started, unverified_because=because)
     return UpOutcome(findings, started, reports, verified=all(r.passed for r in reports))
+
+
+async def measured_where_clients_are(
+    target: Target, reports: list[VerifyReport], report: Reporter = QUIET
+) -> list[VerifyReport]:
+    """The latency check the target measures where its clients are replaces the one made from here.
+
+    Only when every other check passed: a replica that does not answer needs no latency figure.
+    """
+    if not reports or not all(c.ok for r in reports for c in r.checks if c.name != "slo"):
+        return reports
+    report.phase("measuring the latency SLO where the clients are")
+    inside = await target.latency_check()
+    return reports if inside is None else [r.with_check(inside) for r in reports]
 
 
 async def down(plan: Plan, *, purge: bool = False, options: TargetOptions | None = None) -> list[Replica]:

@@ -17,10 +17,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from vllm_fleet.errors import NotBuilt
 from vllm_fleet.plan import Plan
+
+if TYPE_CHECKING:
+    from vllm_fleet.verify import Check
 
 Role = Literal["engine", "router"]
 Severity = Literal["pass", "warn", "fail"]
@@ -161,6 +164,10 @@ class Target(ABC):
 
     @abstractmethod
     async def doctor(self) -> list[Diagnosis]: ...
+
+    async def latency_check(self) -> Check | None:
+        """The SLO check measured where the clients are, when that is not from here (None: verify's own is)."""
+        return None
 
 
 def not_built(target: str, what: str, instead: str) -> NotBuilt:

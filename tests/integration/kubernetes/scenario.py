@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from tests.servers.fake_kube.fake import FakeKube
@@ -45,7 +46,8 @@ def options(kubeconfig: Path, **more: object) -> TargetOptions:
 
 
 def ready_cluster(kube: FakeKube, gpu_nodes: int = 1) -> None:
-    """GPU nodes as GKE labels and taints them, and the claim's StorageClass."""
+    """A CPU node, GPU nodes as GKE labels and taints them, and the claim's StorageClass."""
+    kube.add_node("cpu-0")  # where the pods that need no GPU run (the verify Job's)
     for i in range(gpu_nodes):
         kube.add_node(f"gpu-{i}", labels=GKE_L4, gpus=1, taints=GPU_TAINT)
     kube.add_storage_class("fast-ssd", binding_mode="WaitForFirstConsumer")
@@ -60,3 +62,15 @@ def up(
 
 def kinds(kube: FakeKube, api_version: str, kind: str) -> list[str]:
     return sorted(o["metadata"]["name"] for o in kube.objects(api_version, kind, NS))
+
+
+def script_verify_job(kube: FakeKube, *, ok: bool = True, p95_s: float = 0.4) -> None:
+    """The in-cluster verify Job's run, scripted: its container prints what `vllm-fleet verify --json` prints."""
+    from tests.servers.fake_kube.kubelet import Exit
+
+    verdict = "<=" if ok else ">"
+    checks = [{"name": n, "ok": True, "detail": "ok", "seconds": 0.01} for n in ("health", "models", "chat", "stream")]
+    detail = f"p95 {p95_s:.3f} s {verdict} SLO 3.0 s; 20 requests one after another (sequential, unloaded)"
+    checks.append({"name": "slo", "ok": ok, "seconds": 2.0, "detail": detail})
+    report = [{"url": "http://qwen.llm.svc:8000", "model": "qwen", "checks": checks, "passed": ok}]
+    kube.script(Exit(code=0 if ok else 1, logs=json.dumps(report)), container="verify")

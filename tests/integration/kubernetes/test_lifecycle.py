@@ -24,6 +24,7 @@ from tests.integration.kubernetes.scenario import (
     options,
     plan_of,
     ready_cluster,
+    script_verify_job,
     up,
 )
 from tests.servers import fake_engine
@@ -42,6 +43,7 @@ def test_happy_path_applies_waits_until_ready_and_verifies_through_a_port_forwar
     fake_kube: FakeKube, fake_kubeconfig: Path
 ) -> None:
     ready_cluster(fake_kube)
+    script_verify_job(fake_kube, p95_s=0.4)
     plan, report = plan_of(), Lines()
     with fake_engine.running("--models", "qwen") as engine, fake_kube.run_controllers():
         fake_kube.forward_pods("127.0.0.1", {8000: engine.port})  # the pods' port 8000 is this engine
@@ -57,6 +59,9 @@ def test_happy_path_applies_waits_until_ready_and_verifies_through_a_port_forwar
         "slo",
     ]
     assert outcome.reports[0].url.startswith("http://127.0.0.1:") and engine.url not in outcome.reports[0].url
+    slo = outcome.reports[0].checks[-1]
+    assert "p95 0.400 s" in slo.detail and "measured inside the cluster by Job qwen-verify-" in slo.detail
+    assert not [j for j in fake_kube.objects("batch/v1", "Job", NS) if "verify" in j["metadata"]["name"]]
     assert any(line.startswith("applied: ") and "created" in line for line in report.lines), report.lines
     status = asyncio.run(lifecycle.status(plan, options(fake_kubeconfig)))
     assert [s.healthy for s in status] == [True]
@@ -272,6 +277,7 @@ def test_the_cli_preflight_and_up_speak_for_a_cluster(fake_kube: FakeKube, tmp_p
     import sys
 
     ready_cluster(fake_kube)
+    script_verify_job(fake_kube)
     kubeconfig = fake_kube.kubeconfig(tmp_path / "kubeconfig")
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC.replace("REPLICAS", "1").replace("EXTRA", ""))
@@ -341,3 +347,16 @@ def test_status_says_what_is_wrong_with_a_pod(fake_kube: FakeKube, fake_kubeconf
         up(plan_of(), fake_kubeconfig, timeout_s=60)
     [row] = asyncio.run(lifecycle.status(plan_of(), options(fake_kubeconfig)))
     assert not row.healthy and "OOMKilled" in row.state and "resources.memory" in row.state
+
+
+def test_an_slo_missed_inside_the_cluster_fails_verify_though_the_forward_passed(
+    fake_kube: FakeKube, fake_kubeconfig: Path
+) -> None:
+    ready_cluster(fake_kube)
+    script_verify_job(fake_kube, ok=False, p95_s=7.2)
+    with fake_engine.running("--models", "qwen") as engine, fake_kube.run_controllers():
+        fake_kube.forward_pods("127.0.0.1", {8000: engine.port})
+        outcome = up(plan_of(), fake_kubeconfig, verify=True)
+    [report] = outcome.reports
+    assert not outcome.verified and report.failed_check == "slo"
+    assert "p95 7.200 s > SLO 3.0 s" in report.checks[-1].detail and "inside the cluster" in report.checks[-1].detail

@@ -23,6 +23,7 @@ from vllm_fleet.targets.base import (
 )
 from vllm_fleet.targets.kubernetes.cluster.client import Cluster, connect
 from vllm_fleet.targets.kubernetes.manifests.render import render
+from vllm_fleet.verify import Check
 
 
 class KubernetesTarget(Target):
@@ -97,6 +98,13 @@ class KubernetesTarget(Target):
                 await stack.enter_async_context(forward(cluster, self._ns, p["metadata"]["name"], port)) for p in ready
             ]
             yield urls
+
+    async def latency_check(self) -> Check:
+        """The SLO from inside the namespace (a verify Job), not through the port-forward, which adds latency."""
+        from vllm_fleet.targets.kubernetes.cluster.latency import measure_in_cluster
+
+        async with connect(self.options, self._ns) as cluster:
+            return await measure_in_cluster(cluster, self.plan)
 
     async def restart(self, report: Reporter = QUIET) -> UpResult:
         raise not_built("kubernetes", "restart", f"kubectl -n {self._ns} rollout restart deployment/{self.plan.name}")

@@ -278,3 +278,14 @@ def test_cli_render_writes_a_kustomize_dir(tmp_path: Path) -> None:
     assert all((tmp_path / name).is_file() for name in kustomization["resources"])
     bad = CliRunner().invoke(app, ["render", str(EXAMPLES[0]), "-e", "producton"])
     assert bad.exit_code == 2 and "did you mean 'production'" in bad.output
+
+
+def test_the_in_cluster_verify_job_is_valid_and_targets_the_service() -> None:
+    from vllm_fleet.targets.kubernetes.manifests.verify import latency_job
+
+    plan = load_plan(ROOT / "examples" / "gke-pvc-init.yaml", "production")
+    job = latency_job(plan, "qwen-7b-verify-abc123")
+    validate(job)
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:3] == ["vllm-fleet", "verify", "http://qwen-7b.llm-prod.svc:8000"] and "--json" in command
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"

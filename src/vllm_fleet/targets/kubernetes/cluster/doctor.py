@@ -111,13 +111,13 @@ async def collect(cluster: Cluster, plan: Plan) -> Dump:
     for pod in dump.pods:
         for container in _containers(pod):
             for previous in (False, True):
-                text = await _log(cluster, ns, pod["metadata"]["name"], container, previous)
+                text = await pod_log(cluster, ns, pod["metadata"]["name"], container, previous)
                 if text:
                     dump.logs[(pod["metadata"]["name"], container, previous)] = text
     return dump
 
 
-async def _log(cluster: Cluster, namespace: str, pod: str, container: str, previous: bool) -> str:
+async def pod_log(cluster: Cluster, namespace: str, pod: str, container: str, previous: bool) -> str:
     """A container's log tail (the previous run's with ``previous``, which lightkube's log() cannot ask for)."""
     from lightkube.config import client_adapter
 

@@ -102,6 +102,8 @@ def _needed_access(plan: Plan, objects: list[Obj]) -> list[tuple[str, str, str, 
     for group, plural in (("", "pods"), ("", "events"), ("apps", "deployments"), ("batch", "jobs")):
         needed += [(verb, group, plural, ns) for verb in _READ_VERBS]
     needed.append(("get", "", "pods/log", ns))
+    needed += [(verb, "batch", "jobs", ns) for verb in ("patch", "delete")]  # the in-cluster verify Job
+    needed.append(("create", "", "pods/portforward", ns))  # verify and bench reach the pods from here
     return needed
 
 
