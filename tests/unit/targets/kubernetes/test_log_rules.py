@@ -108,6 +108,7 @@ GATED = _log(
 
 CASES = {
     "no-device": NO_DEVICE,
+    "no-space": "error: cannot write /cache/models/q/model.safetensors.partial: [Errno 28] No space left on device\n",
     "cuda-oom": OOM_THEN_ENGINE_FAILED,
     "no-kv-memory": (
         "(EngineCore_DP0 pid=60) ERROR 12-01 10:00:40 [core.py:708] ValueError: No available memory for the cache "

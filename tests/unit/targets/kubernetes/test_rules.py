@@ -1274,3 +1274,53 @@ def test_a_cordoned_node_does_not_fit():
     # ... unless the pod tolerates the cordon itself, as DaemonSet pods do (NodeUnschedulable plugin).
     cordon = {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}
     assert node_fits(node, {}, [GPU_TOLERATION, cordon])
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "fix_words"),
+    [
+        (
+            'MountVolume.MountDevice failed for volume "gcs-fuse-csi-ephemeral" : kubernetes.io/csi: '
+            "attacher.MountDevice failed to create newCsiDriverClient: driver name gcsfuse.csi.storage.gke.io "
+            "not found in the list of "
+            "registered CSI drivers",
+            "GcsFuseDriverMissing",
+            "GcsFuseCsiDriver=ENABLED",
+        ),
+        (
+            'MountVolume.SetUp failed for volume "weights" : rpc error: code = FailedPrecondition desc = failed to '
+            "find the sidecar container in Pod spec",
+            "GcsFuseSidecarMissing",
+            "gke-gcsfuse/volumes",
+        ),
+        (
+            'MountVolume.SetUp failed for volume "weights" : rpc error: code = PermissionDenied desc = failed to get '
+            'GCS bucket "my-models": googleapi: Error 403: Caller does not have storage.objects.list access '
+            "(gcsfuse)",
+            "GcsFuseForbidden",
+            "kubernetes.gcp_service_account",
+        ),
+        (
+            'MountVolume.SetUp failed for volume "weights" : rpc error: code = NotFound desc = gcsfuse failed: bucket '
+            "does not exist",
+            "GcsFuseBucketNotFound",
+            "model.source",
+        ),
+        (
+            'MountVolume.SetUp failed for volume "cache" : mount failed: exit status 32 Mounting command: mount '
+            "Output: mount.nfs: access denied by server while mounting 10.0.0.2:/models",
+            "NfsMountFailed",
+            "storage.nfs_server",
+        ),
+    ],
+)
+def test_storage_mount_failures_that_waiting_does_not_fix(message: str, reason: str, fix_words: str) -> None:
+    """GCS FUSE (driver, sidecar, permission, bucket) and NFS refusals fail at once, with their fix."""
+    status = {
+        "phase": "Pending",
+        "containerStatuses": [{"name": "vllm", "state": {"waiting": {"reason": "ContainerCreating"}}}],
+    }
+    event = _core_event("FailedMount", message, container=None, seconds_ago=2, first_ago=3)
+    problem = pod_problem(_pod(status), [event], now=NOW)
+    assert problem is not None and (problem.reason, problem.retryable) == (reason, False)
+    assert fix_words in problem.fix

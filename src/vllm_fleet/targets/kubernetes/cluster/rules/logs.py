@@ -70,6 +70,14 @@ RULES: tuple[LogRule, ...] = (
         ),
     ),
     LogRule(
+        name="no-space",
+        pattern=re.compile(r"No space left on device|\bENOSPC\b|not enough free space", _I),
+        cause="the cache volume is full: the weights do not fit",
+        fix="raise storage.size (the weights cache claim) above the model's size, or empty it (down --purge)",
+        retryable=False,
+        source="ENOSPC as Python prints it (OSError: [Errno 28] No space left on device); our stage's disk check",
+    ),
+    LogRule(
         name="stage-forbidden",
         pattern=re.compile(
             r"^error: (?P<message>.*(?:access refused by|refused \(\w+\) for|no AWS credentials found"

@@ -338,6 +338,44 @@ def _events_about(pod: Obj, events: list[Obj]) -> list[_Event]:
 # pod_problem: volumes
 
 
+# Mount failures waiting does not fix, as the CSI drivers and mount helpers word them (kubelet FailedMount
+# events carry their text): GCS FUSE CSI driver (GoogleCloudPlatform/gcs-fuse-csi-driver, its
+# troubleshooting doc), the kubelet's CSI plugin registry (pkg/volume/csi), mount.nfs(8).
+_MOUNT_FAILURES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (
+        re.compile(r"driver name gcsfuse\.csi\.storage\.gke\.io not found in the list of registered CSI drivers", re.I),
+        "GcsFuseDriverMissing",
+        "enable the Cloud Storage FUSE CSI driver: gcloud container clusters update CLUSTER --update-addons "
+        "GcsFuseCsiDriver=ENABLED (or use another storage.profile)",
+    ),
+    (
+        re.compile(r"failed to find the sidecar container in Pod spec", re.I),
+        "GcsFuseSidecarMissing",
+        'the pod lacks the gke-gcsfuse/volumes: "true" annotation that injects the FUSE sidecar (vllm-fleet '
+        "renders it: check that no webhook or policy strips pod annotations)",
+    ),
+    (
+        re.compile(
+            r"(?=.*(gcsfuse|GCS bucket))(?=.*(PermissionDenied|Error 403|does not have storage\.objects))", re.I
+        ),
+        "GcsFuseForbidden",
+        "the pod's identity may not read the bucket: grant roles/storage.objectViewer on it to the Kubernetes service "
+        "account (Workload Identity principal) or to kubernetes.gcp_service_account",
+    ),
+    (
+        re.compile(r"(?=.*(gcsfuse|GCS bucket))(?=.*(bucket does not exist|bucket doesn't exist|Error 404))", re.I),
+        "GcsFuseBucketNotFound",
+        "the bucket in model.source does not exist (or is in another project): check model.source",
+    ),
+    (
+        re.compile(r"mount\.nfs: (access denied by server|No such file or directory|an incorrect mount option)", re.I),
+        "NfsMountFailed",
+        "the NFS export refused the mount: check storage.nfs_server and storage.nfs_path and the server's exports "
+        "(the nodes' addresses must be allowed)",
+    ),
+)
+
+
 def _volume_problem(pod: Obj, events: list[_Event], now: datetime, grace_s: float) -> PodProblem | None:
     """A volume the kubelet cannot mount: a missing Secret or ConfigMap at once; an attach or mount
     that has not succeeded within the grace after it began (the kubelet's own wait is 2 minutes)."""
@@ -349,6 +387,9 @@ def _volume_problem(pod: Obj, events: list[_Event], now: datetime, grace_s: floa
         fix = _missing_reference_fix(pod, event.message)
         if fix:
             return _problem(pod, {}, event.reason, event.message, False, fix)
+        for pattern, reason, known_fix in _MOUNT_FAILURES:
+            if pattern.search(event.message):
+                return _problem(pod, {}, reason, event.message, False, known_fix)
         if not _past_grace(event.first, now, grace_s):
             return None
         if "Multi-Attach error" in event.message:
