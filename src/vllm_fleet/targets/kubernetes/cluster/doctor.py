@@ -140,6 +140,8 @@ def diagnose(dump: Dump, *, now: datetime | None = None) -> list[Diagnosis]:
     found: list[Diagnosis] = []
     for pod in dump.pods:
         found += _pod(pod, dump, now)
+    for deployment in dump.deployments:
+        found += _replica_failure(deployment)
     for obj in [*dump.deployments, *dump.jobs, *dump.pvcs]:
         state = rules.object_state(obj)
         if state.status == "failed":
@@ -155,6 +157,51 @@ def diagnose(dump: Dump, *, now: datetime | None = None) -> list[Diagnosis]:
             )
     unique = list({(d.subject, d.cause): d for d in found}.values())
     return sorted(unique, key=lambda d: (not d.primary, d.retryable))
+
+
+def _replica_failure(deployment: Obj) -> list[Diagnosis]:
+    """The ReplicaSet cannot create pods (a ResourceQuota, an admission webhook, PodSecurity): no pod to read."""
+    name = deployment["metadata"]["name"]
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            message = str(condition.get("message") or condition.get("reason") or "")
+            quota = "exceeded quota" in message
+            fix = (
+                "raise the namespace's ResourceQuota, or lower replicas / resources.gpus, resources.cpu or "
+                "resources.memory (vllm-fleet preflight shows the room)"
+                if quota
+                else "the message names what refused the pods (an admission webhook or PodSecurity): fix it there"
+            )
+            cause = ("ResourceQuota exceeded: " if quota else "pods cannot be created: ") + message
+            evidence = f"deployment/{name} condition ReplicaFailure ({condition.get('reason', '')})"
+            return [Diagnosis(cause, evidence, fix, False, True, f"deployment/{name}")]
+    return []
+
+
+def _readiness(pod: Obj, events: list[Obj]) -> Diagnosis | None:
+    """Started, not crashing, but its readiness probe keeps failing (kubelet's Unhealthy events)."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    containers = status.get("containerStatuses") or []
+    if status.get("phase") != "Running" or not containers or all(c.get("ready") for c in containers):
+        return None
+    failing = [
+        e for e in events
+        if (e.get("involvedObject") or e.get("regarding") or {}).get("name") == name
+        and e.get("reason") == "Unhealthy" and "Readiness probe failed" in str(e.get("message") or e.get("note"))
+    ]  # fmt: skip
+    if not failing:
+        return None
+    text = str(failing[-1].get("message") or failing[-1].get("note"))
+    return Diagnosis(
+        f"the engine started but does not become ready: {text}",
+        f"pod/{name} event Unhealthy (x{failing[-1].get('count', len(failing))})",
+        "read its log (vllm-fleet doctor shows engine errors); a server that answers /health slowly under load "
+        "needs more replicas, a stuck one a restart (vllm-fleet status SPEC)",
+        retryable=False,
+        primary=True,
+        subject=f"pod/{name}",
+    )
 
 
 def _pod(pod: Obj, dump: Dump, now: datetime) -> list[Diagnosis]:
@@ -174,6 +221,8 @@ def _pod(pod: Obj, dump: Dump, now: datetime) -> list[Diagnosis]:
                 f"pod/{name}",
             )
             out.append(behind)
+    if problem is None and behind is None and (unready := _readiness(pod, dump.events)):
+        out.append(unready)
     if problem is not None:
         where = f"pod/{name}" + (f" container {problem.container}" if problem.container else "")
         proximate = problem.reason == "CrashLoopBackOff" and behind is not None
