@@ -2,9 +2,8 @@
 
 ``up`` = preflight -> target.up -> endpoints -> verify (-> register with the router, to come).
 A failed preflight check stops before anything starts or is written; a failed verify leaves
-the replicas running (the person looks at them) and is reported, not raised. A target that
-cannot reach its replicas from here yet (Kubernetes: no port-forward) ends at ready, unverified,
-and says so.
+the replicas running (the person looks at them) and is reported, not raised. The latency
+check is the one the target measures where its clients are, when it measures one.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vllm_fleet.errors import NotBuilt, TargetError
+from vllm_fleet.errors import TargetError
 from vllm_fleet.plan import Plan
 from vllm_fleet.targets import target_for
 from vllm_fleet.targets.base import (
@@ -38,7 +37,6 @@ class UpOutcome:
     started: UpResult
     reports: list[VerifyReport] = field(default_factory=list)
     verified: bool = False
-    unverified_because: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -48,7 +46,6 @@ class UpOutcome:
         return {
             "endpoints": [r.url for r in self.started.replicas],
             "verified": self.verified,
-            "unverified_because": self.unverified_because,
             "preflight": [f.to_dict() for f in self.preflight],
             **self.started.extra,
             "verify": [r.to_dict() for r in self.reports],
@@ -86,14 +83,9 @@ async def up(
         report.line(note)
     if not verify:
         return UpOutcome(findings, started)
-    try:
-        async with target.endpoints() as urls:
-            reports = await verify_all(urls, VerifySettings.of(plan), progress=report.phase)
-        reports = await measured_where_clients_are(target, reports, report)
-    except NotBuilt as exc:
-        because = f"{exc.message}; {exc.fix}" if exc.fix else exc.message
-        report.line(f"ready, not verified: {because}")
-        return UpOutcome(findings, started, unverified_because=because)
+    async with target.endpoints() as urls:
+        reports = await verify_all(urls, VerifySettings.of(plan), progress=report.phase)
+    reports = await measured_where_clients_are(target, reports, report)
     return UpOutcome(findings, started, reports, verified=all(r.passed for r in reports))
 
 

@@ -73,17 +73,14 @@ class Cluster:
     client: lightkube.AsyncClient
     server: str
     context: str
+    raw: Any  # an httpx2.AsyncClient with the same auth and TLS, for what lightkube has no call for
 
     async def version(self) -> tuple[int, int, str]:
         """(major, minor, gitVersion) of the API server (GET /version, which lightkube has no call for)."""
-        from lightkube.config import client_adapter
-
         with errors(self.server):
-            raw = client_adapter.AsyncClient(self.client.config, client_adapter.ConnectionParams())
-            async with raw:
-                response = await raw.get("/version")
-                response.raise_for_status()
-                data = response.json()
+            response = await self.raw.get("/version")
+            response.raise_for_status()
+            data = response.json()
         minor = int(re.sub(r"\D.*$", "", str(data.get("minor", "0"))) or 0)
         return int(data.get("major", 0) or 0), minor, str(data.get("gitVersion", ""))
 
@@ -109,10 +106,14 @@ async def connect(options: TargetOptions, namespace: str) -> AsyncIterator[Clust
     """A Cluster for ``options``, closed on exit."""
     config = load_config(options)
     lk = _lightkube()
+    from lightkube.config import client_adapter
+
     client = lk.AsyncClient(config, namespace=namespace, field_manager=FIELD_MANAGER, trust_env=False)
+    raw = client_adapter.AsyncClient(config, client_adapter.ConnectionParams(trust_env=False))
     try:
-        yield Cluster(client, config.cluster.server, config.context_name)
+        yield Cluster(client, config.cluster.server, config.context_name, raw)
     finally:
+        await raw.aclose()
         await client.close()
 
 

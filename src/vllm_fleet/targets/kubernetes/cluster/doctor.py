@@ -20,7 +20,7 @@ from vllm_fleet.errors import SpecError
 from vllm_fleet.plan import Plan
 from vllm_fleet.targets.base import Diagnosis
 from vllm_fleet.targets.kubernetes.cluster import rules
-from vllm_fleet.targets.kubernetes.cluster.client import Cluster, ClusterError, errors
+from vllm_fleet.targets.kubernetes.cluster.client import Cluster
 from vllm_fleet.targets.kubernetes.cluster.objects import Obj
 from vllm_fleet.targets.kubernetes.cluster.rules.logs import read_log
 
@@ -118,20 +118,20 @@ async def collect(cluster: Cluster, plan: Plan) -> Dump:
 
 
 async def pod_log(cluster: Cluster, namespace: str, pod: str, container: str, previous: bool) -> str:
-    """A container's log tail (the previous run's with ``previous``, which lightkube's log() cannot ask for)."""
-    from lightkube.config import client_adapter
+    """A container's log tail (the previous run's with ``previous``, which lightkube's log() cannot ask for).
+
+    Empty when there is none (no previous run, a container not started) or the server cannot be asked:
+    a missing log is less evidence, not an error.
+    """
+    from httpx2 import TransportError
 
     path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
     params = {"container": container, "tailLines": "200"} | ({"previous": "true"} if previous else {})
     try:
-        with errors(cluster.server, f"reading the log of {pod}/{container}"):
-            async with client_adapter.AsyncClient(cluster.client.config, client_adapter.ConnectionParams()) as raw:
-                response = await raw.get(path, params=params)
-                if response.status_code != 200:
-                    return ""  # no previous run, or a container that has not started: no log is evidence too
-                return str(response.text)
-    except ClusterError:
+        response = await cluster.raw.get(path, params=params)
+    except TransportError:
         return ""
+    return str(response.text) if response.status_code == 200 else ""
 
 
 def diagnose(dump: Dump, *, now: datetime | None = None) -> list[Diagnosis]:
