@@ -217,6 +217,27 @@ class GatewaySpec(_Strict):
     port: int = Field(80, gt=0, lt=65536)
 
 
+ROUTER_POLICIES = ("prefix", "least-load", "round-robin", "session")
+
+
+class RouterSpec(_Strict):
+    """The router: one OpenAI-compatible endpoint in front of every replica."""
+
+    enabled: bool = Field(
+        True,
+        description="local: the router serves local.base_port, the replicas sit on the ports above it; "
+        "kubernetes: a router Deployment behind the Service. false: replicas served directly",
+    )
+    policy: Literal["prefix", "least-load", "round-robin", "session"] = Field(
+        "prefix", description="prefix: prefix affinity with bounded load (the default)"
+    )
+    replicas: int = Field(2, gt=0, description="kubernetes: router pods")
+    retries: int = Field(2, ge=0, le=10, description="other backends tried before the first response byte")
+    registry: str | None = Field(
+        None, description="sqlite:///PATH or postgresql://... (default: sqlite under cache.dir)"
+    )
+
+
 class MonitoringSpec(_Strict):
     """How Prometheus scrapes vLLM's /metrics, and the Grafana dashboard."""
 
@@ -242,6 +263,7 @@ class FleetSpec(_Strict):
     kubernetes: KubernetesSpec = KubernetesSpec()
     scaling: ScalingSpec = ScalingSpec()
     gateway: GatewaySpec = GatewaySpec()
+    router: RouterSpec = RouterSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     environments: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
