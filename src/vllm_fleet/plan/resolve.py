@@ -54,7 +54,12 @@ class Plan:
     def pod_engine_args(self) -> list[str]:
         """The API server's arguments in a pod: the volume's model directory, the container port."""
         pod_dir = str(self.derived["pod_model_dir"].value)
-        return engine.vllm_args(self.spec, model_dir=pod_dir, port=self.spec.kubernetes.port)
+        return engine.vllm_args(
+            self.spec,
+            model_dir=pod_dir,
+            port=self.spec.kubernetes.port,
+            shutdown_timeout_s=int(self.derived["shutdown_timeout_s"].value or 0),
+        )
 
     @property
     def engine_args(self) -> list[str]:

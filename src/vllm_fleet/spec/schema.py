@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vllm_fleet.versions import DEFAULT_IMAGE
 from vllm_fleet.weights.sources import SCHEMES
 
 # The one list of schemes is the sources registry (the spec must accept exactly what stage can open).
@@ -111,6 +112,12 @@ class AvailabilitySpec(_Strict):
     """How a replica leaves without dropping requests."""
 
     drain_timeout_s: int = Field(120, gt=0)
+    shutdown_timeout_s: int = Field(
+        30,
+        ge=0,
+        description="vLLM's own graceful shutdown (--shutdown-timeout) after the preStop drain: in-flight "
+        "requests that arrived during the drain may finish; 0 aborts them",
+    )
     pod_disruption_budget: bool = Field(True, description="Kubernetes: a PDB (maxUnavailable 1) when replicas > 1")
 
 
@@ -163,8 +170,9 @@ class KubernetesSpec(_Strict):
 
     namespace: str = "default"
     image: str = Field(
-        "ghcr.io/vllm-fleet/vllm-fleet:0.1.0-vllm0.11.0",
-        description="image with vLLM and vllm-fleet (the Dockerfile): engine, stage, prefetch, drain",
+        DEFAULT_IMAGE,
+        description="image with vLLM and vllm-fleet (the Dockerfile): engine, stage, prefetch, drain; its vLLM "
+        "should be vllm_fleet.versions.VLLM_VERSION",
     )
     platform: Literal["gke", "digitalocean", "generic"] = "generic"
     gpu_node_selector: dict[str, str] | None = Field(None, description="replaces the platform's GPU node labels")

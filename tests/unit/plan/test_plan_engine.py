@@ -43,8 +43,9 @@ def test_derived_numbers_say_why(tmp_path: Path) -> None:
     (model / "w.bin").write_bytes(b"x" * 1000)
     plan = resolve(parse_spec(SPEC), spec_dir=tmp_path)
     assert plan.model_bytes == 1000
-    assert plan.termination_grace_s == 90
+    assert plan.termination_grace_s == 60 + 30 + 15
     assert "drain_timeout_s 60" in plan.derived["termination_grace_s"].why
+    assert "shutdown_timeout_s 30" in plan.derived["termination_grace_s"].why
     assert plan.startup_budget_s >= 90
     assert "assumed read bandwidth" in plan.derived["startup_budget_s"].why
 

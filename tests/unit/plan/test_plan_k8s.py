@@ -121,6 +121,7 @@ def test_startup_budget_uses_measured_bandwidth_and_override() -> None:
         ({"kubernetes": {"image": "vllm/vllm-openai:latest"}}, "is not pinned"),
         ({"kubernetes": {"image": "vllm/vllm-openai:v0.11.0"}}, "has no vllm-fleet in it"),
         ({"gateway": {"enabled": True}}, "allowed_cidrs is empty"),
+        ({"kubernetes": {"image": "reg.example/vllm-fleet:0.1.0-vllm0.11.0"}}, "runs vLLM 0.11.0"),
     ],
 )
 def test_lint_warnings(over: dict, warning: str) -> None:

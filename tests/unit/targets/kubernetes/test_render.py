@@ -172,14 +172,19 @@ def test_engine_is_the_plan(path: Path, env: str | None) -> None:
     pod = _deployment(objects)["spec"]["template"]["spec"]
     vllm = pod["containers"][0]
     model_dir = plan.derived["pod_model_dir"].value
-    assert vllm["args"] == engine.vllm_args(plan.spec, model_dir=model_dir, port=plan.spec.kubernetes.port)
+    shutdown = plan.spec.availability.shutdown_timeout_s
+    assert vllm["args"] == engine.vllm_args(
+        plan.spec, model_dir=model_dir, port=plan.spec.kubernetes.port, shutdown_timeout_s=shutdown
+    )
+    assert vllm["args"][vllm["args"].index("--shutdown-timeout") + 1] == str(shutdown)
     assert pod["terminationGracePeriodSeconds"] == plan.termination_grace_s
     probe = vllm["startupProbe"]
     assert probe["periodSeconds"] * probe["failureThreshold"] >= plan.startup_budget_s
     assert vllm["readinessProbe"]["httpGet"]["path"] == vllm["livenessProbe"]["httpGet"]["path"] == "/health"
     drain = vllm["lifecycle"]["preStop"]["exec"]["command"]
     assert drain[:2] == ["vllm-fleet", "drain"] and drain[-1] == str(plan.spec.availability.drain_timeout_s)
-    assert plan.spec.availability.drain_timeout_s < pod["terminationGracePeriodSeconds"]
+    # The grace period covers the preStop drain and vLLM's own shutdown after it, with a margin.
+    assert plan.spec.availability.drain_timeout_s + shutdown < pod["terminationGracePeriodSeconds"]
     strategy = _deployment(objects)["spec"]["strategy"]["rollingUpdate"]
     assert strategy == {"maxSurge": 0, "maxUnavailable": 1}
     many = int(plan.derived["max_replicas"].value) > 1
