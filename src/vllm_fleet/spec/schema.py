@@ -252,6 +252,7 @@ class MonitoringSpec(_Strict):
     scraper: Literal["podmonitoring", "servicemonitor", "none"] = "podmonitoring"
     interval_s: int = Field(15, gt=0)
     dashboard: bool = True
+    alerts: bool = Field(True, description="PrometheusRule (servicemonitor) or Rules (podmonitoring) beside it")
 
 
 class FleetSpec(_Strict):

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from vllm_fleet.plan import Plan
-from vllm_fleet.targets.kubernetes.manifests import monitoring, network, scaling
+from vllm_fleet.targets.kubernetes.manifests import alerts, monitoring, network, scaling
 from vllm_fleet.targets.kubernetes.manifests.objects import Obj
 from vllm_fleet.targets.kubernetes.manifests.storage import storage_parts
 from vllm_fleet.targets.kubernetes.manifests.workload import deployment
@@ -30,6 +30,7 @@ def render(plan: Plan) -> list[Obj]:
     if spec.gateway.enabled:
         objects += network.gateway(plan)
     objects += monitoring.scraper(plan)
+    objects += alerts.rules(plan)
     if spec.monitoring.dashboard:
         objects.append(monitoring.dashboard(plan))
     return objects
