@@ -124,19 +124,33 @@ def best_rate(points: list[Point], slo: SLO | None) -> float | None:
     return max((p.rate for p in points if p.passed(slo) and math.isfinite(p.rate)), default=None)
 
 
-def recommend_hpa(points: list[Point], slo: SLO | None) -> dict[str, Any]:
-    """The autoscaling target: ``vllm:num_requests_waiting`` at the SLO knee (the highest passing rate)."""
+# scaling.metric -> (the series the HPA reads, the server summary that measures it during the run).
+HPA_METRICS = {
+    "waiting": ("vllm:num_requests_waiting", "server_mean_waiting"),
+    "running": ("vllm:num_requests_running", "server_mean_running"),
+    "gpu-utilization": ("DCGM_FI_DEV_GPU_UTIL", None),
+}
+
+
+def recommend_hpa(points: list[Point], slo: SLO | None, metric: str = "waiting") -> dict[str, Any]:
+    """The autoscaling target for ``metric`` (scaling.metric): its mean at the SLO knee (the highest
+    passing rate), the value to set as scaling.target."""
+    series, key = HPA_METRICS[metric]
+    out: dict[str, Any] = {"metric": series, "scaling_metric": metric, "target": None}
+    if key is None:
+        return out | {"why": "GPU utilisation is not in vLLM's /metrics: read DCGM_FI_DEV_GPU_UTIL at the "
+                      "highest rate that met the SLO from your Prometheus, and set scaling.target to it"}  # fmt: skip
     knee = best_rate(points, slo)
     point = next((p for p in points if p.rate == knee), None)
     if point is None:
-        return {"metric": "vllm:num_requests_waiting", "target": None, "why": "no measured rate met the SLO"}
-    waiting = point.summary.get("server_mean_waiting")
-    if waiting is None:
-        return {"metric": "vllm:num_requests_waiting", "target": None, "why": "the server exposes no /metrics"}
-    return {
-        "metric": "vllm:num_requests_waiting",
-        "target": max(1, math.ceil(waiting)),
-        "why": f"mean waiting requests {waiting:.2f} at {knee:g} req/s, the highest rate that met the SLO",
+        return out | {"why": "no measured rate met the SLO"}
+    value = point.summary.get(key)
+    if value is None:
+        return out | {"why": "the server exposes no /metrics"}
+    name = series.removeprefix("vllm:").replace("_", " ")
+    return out | {
+        "target": max(1, math.ceil(value)),
+        "why": f"mean {name} {value:.2f} at {knee:g} req/s, the highest rate that met the SLO",
     }
 
 

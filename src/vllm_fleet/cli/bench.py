@@ -45,7 +45,10 @@ def bench(
     tokenizer: Path | None = typer.Option(None, help="Local tokenizer directory (default: the spec's staged model)."),
     slo: str | None = typer.Option(None, help="e.g. p95_ttft_ms<=1000,p95_e2el_ms<=3000; exit 1 when missed."),
     search: bool = typer.Option(False, help="Find the highest rate within --slo (doubling, then bisection)."),
-    recommend_hpa: bool = typer.Option(False, help="From the sweep: num_requests_waiting at the SLO knee."),
+    recommend_hpa: bool = typer.Option(False, help="From the sweep: the scaling metric's value at the SLO knee."),
+    hpa_metric: str | None = typer.Option(
+        None, help="waiting, running or gpu-utilization (default: the spec's scaling.metric, else waiting)."
+    ),
     seed: int = typer.Option(0, help="Seed of prompts and arrival times."),
     workers: int = typer.Option(1, min=1, help="Client processes (for rates one process cannot drive)."),
     csv: Path | None = typer.Option(None, "--csv", help="Write one row per request here."),
@@ -80,6 +83,7 @@ def bench(
             slo=slo,
             search=search,
             recommend_hpa=recommend_hpa,
+            hpa_metric=_hpa_metric(hpa_metric),
             seed=seed,
             workers=workers,
         )
@@ -171,6 +175,17 @@ def _print(result) -> None:
         hpa = result.hpa_target
         value = f"[bold]{hpa['target']}[/]" if hpa["target"] is not None else "none found"
         console.print(f"HPA target: {hpa['metric']} = {value} ({hpa['why']})")
+        if hpa["target"] is not None:
+            console.print(f"  set in the spec: scaling: {{metric: {hpa['scaling_metric']}, target: {hpa['target']}}}")
+
+
+def _hpa_metric(value: str | None) -> str | None:
+    from vllm_fleet.errors import SpecError
+    from vllm_fleet.spec.schema import SCALING_METRICS
+
+    if value is not None and value not in SCALING_METRICS:
+        raise SpecError(f"--hpa-metric {value!r} is not a scaling metric", fix="use " + ", ".join(SCALING_METRICS))
+    return value
 
 
 # Below these many samples a p99 (p95) is mostly the few slowest requests: say so beside the table.

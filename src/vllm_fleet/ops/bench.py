@@ -41,6 +41,7 @@ class BenchOptions:
     slo: str | None = None
     search: bool = False
     recommend_hpa: bool = False
+    hpa_metric: str | None = None  # scaling.metric to recommend for (default: the spec's, else waiting)
     seed: int = 0
     workers: int = 1
 
@@ -127,7 +128,8 @@ async def run_bench(
     if slo is not None and (len(result.points) > 1 or opts.search):
         result.best_rate = sweep.best_rate(result.points, slo)
     if opts.recommend_hpa:
-        result.hpa_target = sweep.recommend_hpa(result.points, slo)
+        metric = opts.hpa_metric or (found.plan.spec.scaling.metric if found.plan else "waiting")
+        result.hpa_target = sweep.recommend_hpa(result.points, slo, metric)
     return result
 
 

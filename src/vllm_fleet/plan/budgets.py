@@ -76,8 +76,41 @@ def derive_kubernetes(spec: FleetSpec, pod_model_key: str, derived: dict[str, De
                     "local-nvme": "node-local"}  # fmt: skip
     mode = st.access_mode or default_mode.get(st.profile, "ReadWriteOnce")
     out["access_mode"] = Derived(mode, "storage.access_mode" if st.access_mode else f"default of {st.profile}")
+    out |= _scaling_target(spec)
     out["max_replicas"] = Derived(
         max(spec.replicas, spec.scaling.max_replicas) if spec.scaling.mode != "none" else spec.replicas,
         "replicas, or scaling.max_replicas when autoscaling",
+    )
+    return out
+
+
+# GPU utilisation to aim for when the spec names none (GKE's autoscaling best practices start near here).
+DEFAULT_GPU_UTIL_PERCENT = 80
+
+
+def _scaling_target(spec: FleetSpec) -> dict[str, Derived]:
+    """The autoscaler's per-replica target for scaling.metric, and the value the HPA compares (issue 16).
+
+    GPU utilisation is per GPU, but the HPA sums an External metric over every series it matches and
+    divides by the replicas (AverageValue): a replica with N GPUs contributes N series.
+    """
+    sc, gpus = spec.scaling, spec.resources.gpus
+    if sc.metric == "waiting":
+        value = sc.target or sc.target_waiting
+        target = Derived(value, "scaling.target" if sc.target else "scaling.target_waiting")
+    elif sc.metric == "running":
+        value = sc.target or max(1, math.floor(spec.engine.max_num_seqs * 0.75))
+        why = "scaling.target" if sc.target else f"3/4 of engine.max_num_seqs {spec.engine.max_num_seqs}"
+        target = Derived(value, f"{why}: requests in the batch per replica")
+    else:
+        value = sc.target or DEFAULT_GPU_UTIL_PERCENT
+        target = Derived(value, f"{'scaling.target' if sc.target else 'default'} % utilisation per GPU")
+    out = {"scaling_target": target}
+    per_replica = float(target.value or 0) * (max(gpus, 1) if sc.metric == "gpu-utilization" else 1)
+    out["scaling_average_value"] = Derived(
+        per_replica,
+        f"{target.value:g} % x {max(gpus, 1)} GPUs per replica (one series per GPU, summed by the HPA)"
+        if sc.metric == "gpu-utilization"
+        else "the target per replica",
     )
     return out

@@ -76,6 +76,16 @@ class Plan:
     def termination_grace_s(self) -> int:
         return int(self.derived["termination_grace_s"].value or 0)
 
+    @property
+    def scaling_target(self) -> float:
+        """The autoscaler's per-replica target of scaling.metric (issue 16)."""
+        return float(self.derived["scaling_target"].value or 0)
+
+    @property
+    def scaling_average_value(self) -> float:
+        """What the HPA (or KEDA) compares per replica: the target, x GPUs for GPU utilisation."""
+        return float(self.derived["scaling_average_value"].value or 0)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view of the Plan (what `vllm-fleet plan --json` prints)."""
         return {

@@ -194,13 +194,27 @@ class KubernetesSpec(_Strict):
         return value
 
 
+SCALING_METRICS = ("waiting", "running", "gpu-utilization")
+
+
 class ScalingSpec(_Strict):
-    """Autoscaling on vLLM's queue depth (vllm:num_requests_waiting)."""
+    """Autoscaling on vLLM's queue depth (vllm:num_requests_waiting), batch size or GPU utilisation."""
 
     mode: Literal["none", "hpa", "keda", "gke"] = "none"
+    metric: Literal["waiting", "running", "gpu-utilization"] = Field(
+        "waiting",
+        description="waiting: vllm:num_requests_waiting (queue depth); running: vllm:num_requests_running "
+        "(batch size); gpu-utilization: DCGM_FI_DEV_GPU_UTIL (gke: the accelerator duty cycle)",
+    )
     min_replicas: int = Field(1, gt=0)
     max_replicas: int = Field(1, gt=0)
     target_waiting: float = Field(5, gt=0, description="average waiting requests per replica to aim for")
+    target: float | None = Field(
+        None,
+        gt=0,
+        description="per-replica target of scaling.metric (default: target_waiting; running: 3/4 of "
+        "engine.max_num_seqs; gpu-utilization: 80 % per GPU)",
+    )
     scale_up_window_s: int = Field(0, ge=0, le=3600)
     scale_down_window_s: int = Field(300, ge=0, le=3600)
     prometheus_url: str = Field(
@@ -299,6 +313,17 @@ class FleetSpec(_Strict):
                 f"engine.tensor_parallel_size={tp} needs {tp} GPUs but resources.gpus={self.resources.gpus}; "
                 f"set resources.gpus to at least {tp}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_metric_needs_gpus(self) -> FleetSpec:
+        if self.scaling.metric == "gpu-utilization" and self.resources.gpus == 0:
+            raise ValueError(
+                "scaling.metric 'gpu-utilization' needs GPUs but resources.gpus=0; set resources.gpus or use "
+                "scaling.metric waiting or running"
+            )
+        if self.scaling.metric == "gpu-utilization" and self.scaling.target and self.scaling.target > 100:
+            raise ValueError(f"scaling.target={self.scaling.target:g} is a GPU utilisation in %: use 1..100")
         return self
 
     @model_validator(mode="after")

@@ -139,3 +139,15 @@ def test_html_report_is_self_contained_with_plots():
     assert html.count("<svg") >= 7 and "<script" not in html and "http-equiv" not in html
     assert "SLO p95_ttft_ms 100" in html and "4 req/s" in html
     assert report.cell({"x": math.inf}, "x") == "inf"
+
+
+def test_recommend_hpa_names_the_target_for_the_chosen_metric():
+    slo = parse_slo("p95_ttft_ms<=100")
+    points = [_point(1, 0.01), _point(4, 0.05), _point(8, 0.5)]
+    points[1].run.server.add(0.7, {"vllm:num_requests_waiting": 1.0, "vllm:num_requests_running": 5.2})
+    points[1].summary.update(points[1].run.server.summary())
+    running = sweep.recommend_hpa(points, slo, "running")
+    assert running["metric"] == "vllm:num_requests_running" and running["target"] == 6
+    assert running["scaling_metric"] == "running" and "num requests running" in running["why"]
+    gpu = sweep.recommend_hpa(points, slo, "gpu-utilization")
+    assert gpu["target"] is None and "DCGM_FI_DEV_GPU_UTIL" in gpu["why"]

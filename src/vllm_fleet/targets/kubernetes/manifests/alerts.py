@@ -41,7 +41,9 @@ def alert_list(plan: Plan) -> list[Alert]:
     spec = plan.spec
     ns, name = spec.kubernetes.namespace, plan.name
     sel = f'namespace="{ns}",model_name="{plan.served_name}"'
-    target, slo = spec.scaling.target_waiting, spec.slo.p95_latency_s
+    slo = spec.slo.p95_latency_s
+    # The queue alert follows the autoscaler's target when it scales on the queue, else target_waiting.
+    target = plan.scaling_target if spec.scaling.metric == "waiting" else spec.scaling.target_waiting
     scale_fix = (
         f"the autoscaler is at its limit or not acting: read `kubectl -n {ns} describe hpa {name}` (KEDA: the "
         "ScaledObject), then raise scaling.max_replicas or add GPU nodes"
