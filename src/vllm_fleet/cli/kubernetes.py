@@ -32,14 +32,29 @@ def render(spec: str = SpecArg, env: str | None = EnvOpt, out: Path | None = Out
         sys.stdout.write(to_yaml(objects))
 
 
-def bake(spec: str = SpecArg, env: str | None = EnvOpt, out: Path | None = OutOpt, as_json: bool = JsonOpt) -> None:
+ImagesOpt = typer.Option(False, "--images", help="GKE: the commands that preload kubernetes.image on a secondary "
+                         "boot disk (kubernetes.image_cache_disk), instead of the weights disk.")  # fmt: skip
+
+
+def bake(
+    spec: str = SpecArg,
+    env: str | None = EnvOpt,
+    out: Path | None = OutOpt,
+    images: bool = ImagesOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Print (or write to -o DIR/bake.yaml) the Job that fills a disk, and the commands that image it per zone."""
     from vllm_fleet.plan import load_plan
     from vllm_fleet.targets.kubernetes.manifests.bake import bake as build
+    from vllm_fleet.targets.kubernetes.manifests.bake import bake_images
     from vllm_fleet.targets.kubernetes.manifests.render import to_yaml
 
     with errors(as_json):
-        result = build(load_plan(spec, env))
+        result = (bake_images if images else build)(load_plan(spec, env))
+    if images and not as_json:
+        for line in result.commands:
+            console.print(line, markup=False, soft_wrap=True)
+        return
     text = to_yaml(result.objects)
     if as_json:
         print_json({"objects": result.objects, "commands": result.commands})

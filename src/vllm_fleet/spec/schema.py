@@ -180,6 +180,13 @@ class KubernetesSpec(_Strict):
     gcp_service_account: str | None = Field(None, description="GKE Workload Identity: the IAM service account")
     secrets: SecretRefs = SecretRefs()
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (DigitalOcean Spaces, MinIO)")
+    image_cache_disk: str | None = Field(
+        None,
+        pattern=r"^projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/global/images/[a-z]([-a-z0-9]{0,37}[a-z0-9])?$",
+        description="GKE: a secondary boot disk image preloaded with kubernetes.image, as "
+        "projects/PROJECT/global/images/NAME, NAME at most 39 characters (it ends a node label's 63-character "
+        "name); `vllm-fleet bake SPEC --images` builds it; the pods then run on node pools that carry it",
+    )
     run_as_user: int = Field(10001, gt=0, description="non-root uid of every container")
     startup_timeout_s: int | None = Field(None, gt=0, description="override the derived startup probe budget")
     port: int = Field(8000, gt=0, lt=65536)

@@ -298,3 +298,31 @@ def test_the_in_cluster_verify_job_is_valid_and_targets_the_service() -> None:
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[:3] == ["vllm-fleet", "verify", "http://qwen-7b.llm-prod.svc:8000"] and "--json" in command
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_an_image_cache_disk_selects_its_nodes_and_bake_images_prints_the_commands() -> None:
+    from typer.testing import CliRunner
+
+    from vllm_fleet.cli import app
+    from vllm_fleet.targets.kubernetes.manifests.bake import bake_images
+
+    path = ROOT / "examples" / "gke-pvc-init.yaml"
+    plan = load_plan(path, "production")
+    selector = _deployment(render(plan))["spec"]["template"]["spec"]["nodeSelector"]
+    key = "cloud.google.com.node-restriction.kubernetes.io/gke-secondary-boot-disk-vllm-fleet-0-1-0-vllm0-32-0"
+    assert selector[key] == "CONTAINER_IMAGE_CACHE.my-project"
+    assert selector["cloud.google.com/gke-accelerator"] == "nvidia-l4"
+    assert key not in _deployment(render(load_plan(path)))["spec"]["template"]["spec"]["nodeSelector"]
+    commands = bake_images(plan).commands
+    builder = next(c for c in commands if c.startswith("go run ./cli"))
+    assert f"--container-image={plan.spec.kubernetes.image}" in builder and "--image-name=vllm-fleet-0-1-0" in builder
+    pool = next(c for c in commands if c.startswith("gcloud container node-pools create"))
+    assert "--secondary-boot-disk=disk-image=projects/my-project/global/images/vllm-fleet-0-1-0-vllm0-32-0," \
+           "mode=CONTAINER_IMAGE_CACHE" in pool and "--enable-image-streaming" in pool  # fmt: skip
+    assert "type=nvidia-l4,count=1" in pool and any(key in c for c in commands)
+    shown = CliRunner().invoke(app, ["bake", str(path), "-e", "production", "--images"])
+    assert shown.exit_code == 0 and "CONTAINER_IMAGE_CACHE" in shown.output
+    missing = CliRunner().invoke(app, ["bake", str(path), "--images"])
+    assert missing.exit_code == 2 and "kubernetes.image_cache_disk" in missing.output
+    with pytest.raises(SpecError, match="image_cache_disk"):
+        parse_spec(_spec(kubernetes={"image_cache_disk": "my-image"}))

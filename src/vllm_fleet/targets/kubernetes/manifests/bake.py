@@ -13,6 +13,7 @@ from vllm_fleet.errors import SpecError
 from vllm_fleet.plan import Plan
 from vllm_fleet.targets.kubernetes.manifests.network import deny_ingress, service_account
 from vllm_fleet.targets.kubernetes.manifests.objects import Obj
+from vllm_fleet.targets.kubernetes.manifests.platform import image_cache_selector
 from vllm_fleet.targets.kubernetes.manifests.storage import claim, download_job
 
 
@@ -56,3 +57,47 @@ def bake(plan: Plan) -> Bake:
         commands.append(f"# {zone}: storage.volume_handle: projects/PROJECT/zones/{zone}/disks/{disk}")
     commands.append(f"kubectl -n {ns} delete pvc/{name}")
     return Bake(objects=[service_account(plan), pvc, job, deny_ingress(plan, "stage")], commands=commands)
+
+
+# The GKE disk image builder (github.com/ai-on-gke/tools, gke-disk-image-builder): pulls the images onto a
+# disk and images it. The disk must hold the unpacked image; the vLLM CUDA image is ~10 GB unpacked.
+DISK_IMAGE_BUILDER = "https://github.com/ai-on-gke/tools.git"
+IMAGE_DISK_GB = 50
+
+
+def bake_images(plan: Plan) -> Bake:
+    """`bake --images` (issue 16): the commands that preload the spec's image on a secondary boot disk."""
+    k8s, res = plan.spec.kubernetes, plan.spec.resources
+    if not k8s.image_cache_disk:
+        raise SpecError(
+            "bake --images builds the disk image named by kubernetes.image_cache_disk, which this spec does not set",
+            fix="set kubernetes.image_cache_disk: projects/PROJECT/global/images/NAME (and kubernetes.platform: gke)",
+        )
+    if k8s.platform != "gke":
+        raise SpecError(
+            f"secondary boot disks are a GKE feature, this spec's kubernetes.platform is {k8s.platform!r}",
+            fix="set kubernetes.platform: gke, or drop kubernetes.image_cache_disk",
+        )
+    project, name = k8s.image_cache_disk.split("/")[1], k8s.image_cache_disk.rsplit("/", 1)[-1]
+    zone = plan.spec.storage.zones[0] if plan.spec.storage.zones else "ZONE"
+    q = shlex.quote
+    pool = [
+        "gcloud container node-pools create", q(f"{plan.name}-images"), "--cluster=CLUSTER", "--location=LOCATION",
+        "--machine-type=MACHINE_TYPE", "--image-type=COS_CONTAINERD", "--enable-image-streaming",
+    ]  # fmt: skip
+    if res.gpus:
+        accelerator = f"type={res.gpu_type or 'GPU_TYPE'},count={res.gpus},gpu-driver-version=latest"
+        pool.append(f"--accelerator={q(accelerator)}")
+    pool.append(f"--secondary-boot-disk=disk-image={q(k8s.image_cache_disk)},mode=CONTAINER_IMAGE_CACHE")
+    ((key, value),) = image_cache_selector(plan).items()
+    commands = [
+        f"git clone {DISK_IMAGE_BUILDER} && cd tools/gke-disk-image-builder",
+        f"go run ./cli --project-name={q(project)} --image-name={q(name)} --zone={q(zone)} "
+        f"--gcs-path=gs://LOG_BUCKET --disk-size-gb={IMAGE_DISK_GB} --container-image={q(k8s.image)}",
+        " ".join(pool),
+        f"# the Deployment's nodeSelector (rendered, since kubernetes.image_cache_disk is set): {key}: {value}",
+        f"# Autopilot or node auto-provisioning: allow the image with a GCPResourceAllowlist (node.gke.io/v1) "
+        f"listing projects/{project}/global/images/{name}",
+        "# a new kubernetes.image needs a new disk image and node pool: GKE does not update it on existing nodes",
+    ]
+    return Bake(objects=[], commands=commands)

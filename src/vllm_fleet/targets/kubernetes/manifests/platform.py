@@ -37,3 +37,17 @@ def gpu_tolerations(plan: Plan) -> list[Obj]:
     if plan.spec.resources.gpus == 0:
         return []
     return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+# GKE labels a node whose pool has a secondary boot disk CONTAINER_IMAGE_CACHE (GKE docs, "Use secondary boot
+# disks to preload data or container images"); Autopilot provisions such a node for a pod that selects it.
+IMAGE_CACHE_LABEL = "cloud.google.com.node-restriction.kubernetes.io/gke-secondary-boot-disk-"
+
+
+def image_cache_selector(plan: Plan) -> dict[str, str]:
+    """The node label of a pool preloaded with the spec's image (kubernetes.image_cache_disk; empty when unset)."""
+    disk = plan.spec.kubernetes.image_cache_disk
+    if not disk:
+        return {}
+    project, name = disk.split("/")[1], disk.rsplit("/", 1)[-1]
+    return {IMAGE_CACHE_LABEL + name: f"CONTAINER_IMAGE_CACHE.{project}"}

@@ -14,7 +14,7 @@ from vllm_fleet.targets.kubernetes.manifests.objects import (
     service_account_name,
     tool_container,
 )
-from vllm_fleet.targets.kubernetes.manifests.platform import gpu_node_selector, gpu_tolerations
+from vllm_fleet.targets.kubernetes.manifests.platform import gpu_node_selector, gpu_tolerations, image_cache_selector
 from vllm_fleet.targets.kubernetes.manifests.storage import StorageParts, model_dir, weights_mount
 
 # /dev/shm for NCCL between tensor-parallel workers; the container default (64 MiB) hangs or crashes them.
@@ -30,7 +30,7 @@ def deployment(plan: Plan, parts: StorageParts) -> Obj:
         "securityContext": pod_security(plan),
         "terminationGracePeriodSeconds": plan.termination_grace_s,
     }
-    node_selector = gpu_node_selector(plan) | parts.node_selector
+    node_selector = gpu_node_selector(plan) | parts.node_selector | image_cache_selector(plan)
     if node_selector:
         pod["nodeSelector"] = node_selector
     if gpu_tolerations(plan):
