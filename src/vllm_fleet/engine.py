@@ -51,6 +51,11 @@ def vllm_args(
     ]  # fmt: skip
     if eng.tensor_parallel_size > 1:
         args += ["--tensor-parallel-size", str(eng.tensor_parallel_size)]
+    if eng.pipeline_parallel_size > 1:
+        args += ["--pipeline-parallel-size", str(eng.pipeline_parallel_size)]
+    if spec.resources.nodes > 1:
+        # Across nodes vLLM runs its workers on a Ray cluster the leader pod heads (issue 16).
+        args += ["--distributed-executor-backend", "ray"]
     if spec.resources.gpus > 0:
         args += ["--gpu-memory-utilization", str(eng.gpu_memory_utilization)]
     if eng.enforce_eager:

@@ -61,13 +61,15 @@ def gpu_fit(spec: FleetSpec, source: str, model_bytes: int | None) -> dict[str, 
         return {"gpu_fit": Derived(None, "not checked: set model.shape (layers, kv_heads, head_dim)")}
     tokens = eng.max_model_len * eng.max_num_seqs
     kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * width * tokens
-    usable = GPU_TYPES[res.gpu_type].memory_gib * 2**30 * res.gpus * eng.gpu_memory_utilization
+    usable = GPU_TYPES[res.gpu_type].memory_gib * 2**30 * res.gpus * res.nodes * eng.gpu_memory_utilization
     need = weights + kv
+    nodes = f" x {res.nodes} nodes" if res.nodes > 1 else ""
     why = (
         f"weights {weights / 2**30:.1f} GiB ({wwhy}) + KV cache {kv / 2**30:.1f} GiB "
         f"(2 x {shape.layers} layers x {shape.kv_heads} kv heads x {shape.head_dim} x {width} B x "
         f"{eng.max_model_len} max_model_len x {eng.max_num_seqs} max_num_seqs) vs {usable / 2**30:.1f} GiB usable "
-        f"({res.gpus} x {res.gpu_type} {GPU_TYPES[res.gpu_type].memory_gib} GiB x {eng.gpu_memory_utilization})"
+        f"({res.gpus} x {res.gpu_type}{nodes} {GPU_TYPES[res.gpu_type].memory_gib} GiB x "
+        f"{eng.gpu_memory_utilization})"
     )
     if need > usable:
         raise SpecError(

@@ -30,6 +30,9 @@ def lint_spec(spec: FleetSpec, derived: dict[str, Derived]) -> tuple[str, ...]:
             f"ReadWriteOnce cache with {most} replicas: pods scheduled on other nodes cannot mount it; "
             "use storage.profile nfs or pd-preloaded, or storage.access_mode ReadWriteMany"
         )
+    if spec.resources.nodes > 1 and derived["access_mode"].value in ("ReadWriteOnce", "ReadWriteOncePod"):
+        out.append(f"ReadWriteOnce cache for a replica on {spec.resources.nodes} nodes: its workers cannot mount "
+                   "it; use storage.profile gcsfuse, nfs, pd-preloaded or local-nvme")  # fmt: skip
     expected = derived.get("expected_load_s")
     budget = int(derived["startup_budget_s"].value or 0)
     if expected is not None and budget < int(expected.value or 0):

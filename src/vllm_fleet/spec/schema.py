@@ -62,6 +62,7 @@ class EngineSpec(_Strict):
     max_model_len: int = Field(2048, gt=0)
     max_num_seqs: int = Field(16, gt=0)
     tensor_parallel_size: int = Field(1, gt=0)
+    pipeline_parallel_size: int = Field(1, gt=0, description="pipeline stages (across nodes with resources.nodes)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     enforce_eager: bool = True
     enable_prefix_caching: bool | None = None
@@ -73,7 +74,10 @@ class EngineSpec(_Strict):
 class ResourcesSpec(_Strict):
     """What one replica needs from its node."""
 
-    gpus: int = Field(0, ge=0)
+    gpus: int = Field(0, ge=0, description="GPUs per node (per pod)")
+    nodes: int = Field(
+        1, gt=0, description="nodes one replica spans: > 1 renders a LeaderWorkerSet (vLLM on Ray), gpus per node"
+    )
     gpu_type: str | None = Field(None, description="e.g. nvidia-l4, nvidia-h100-80gb")
     cpu: str = "4"
     memory: str = "16Gi"
@@ -313,12 +317,35 @@ class FleetSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _tp_fits_gpus(self) -> FleetSpec:
-        tp = self.engine.tensor_parallel_size
-        if tp > 1 and tp > self.resources.gpus:
+    def _parallel_fits_nodes(self) -> FleetSpec:
+        """tensor x pipeline parallel = GPUs per node x nodes, evenly (issue 16)."""
+        eng, res = self.engine, self.resources
+        world, nodes = eng.tensor_parallel_size * eng.pipeline_parallel_size, res.nodes
+        if nodes == 1:
+            return self
+        if self.target != "kubernetes":
+            raise ValueError(f"resources.nodes={nodes} spans several nodes: only target kubernetes can; set it")
+        if world % nodes:
             raise ValueError(
-                f"engine.tensor_parallel_size={tp} needs {tp} GPUs but resources.gpus={self.resources.gpus}; "
-                f"set resources.gpus to at least {tp}"
+                f"engine.tensor_parallel_size x engine.pipeline_parallel_size = {world} GPUs do not divide evenly "
+                f"over resources.nodes={nodes}; make the product a multiple of resources.nodes"
+            )
+        if res.gpus != world // nodes:
+            raise ValueError(
+                f"resources.gpus={res.gpus} per node but engine.tensor_parallel_size x "
+                f"engine.pipeline_parallel_size / resources.nodes = {world} / {nodes} = {world // nodes}; "
+                f"set resources.gpus: {world // nodes}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tp_fits_gpus(self) -> FleetSpec:
+        tp, pp = self.engine.tensor_parallel_size, self.engine.pipeline_parallel_size
+        if self.resources.nodes == 1 and tp * pp > 1 and tp * pp > self.resources.gpus:
+            what = f"engine.tensor_parallel_size={tp}" + (f" x engine.pipeline_parallel_size={pp}" if pp > 1 else "")
+            raise ValueError(
+                f"{what} needs {tp * pp} GPUs but resources.gpus={self.resources.gpus}; "
+                f"set resources.gpus to at least {tp * pp} (or resources.nodes to spread them over nodes)"
             )
         return self
 

@@ -25,7 +25,7 @@ CRDS = ROOT / "tests" / "data" / "crds"
 # The oldest version we promise (native sidecars are on by default from 1.29) and the newest the validator knows.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CUSTOM_KINDS = {"Gateway", "HTTPRoute", "PodMonitoring", "ServiceMonitor", "ScaledObject", "HealthCheckPolicy"}
-CUSTOM_KINDS |= {"PrometheusRule", "Rules"}  # issue 16
+CUSTOM_KINDS |= {"PrometheusRule", "Rules", "LeaderWorkerSet"}  # issue 16
 
 
 def _envs(path: Path) -> list[str | None]:
@@ -59,9 +59,23 @@ def validate(obj: dict) -> None:
     """Core kinds: kubernetes-validate strict, both versions. Custom kinds: the vendored CRD schema."""
     if obj["kind"] in CUSTOM_KINDS:
         jsonschema.validate(obj, CRD_SCHEMAS[(obj["apiVersion"], obj["kind"])])
+        for template in _pod_templates(obj):  # a LeaderWorkerSet's pods: corev1.PodTemplateSpec, strictly
+            wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}
+            for version in K8S_VERSIONS:
+                kubernetes_validate.validate(wrapped, version, strict=True)
         return
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(obj, version, strict=True)
+
+
+def _pod_templates(obj: dict) -> list[dict]:
+    """The pod templates of a workload: a Deployment's or Job's, a LeaderWorkerSet's leader and worker."""
+    if obj["kind"] == "LeaderWorkerSet":
+        lwt = obj["spec"]["leaderWorkerTemplate"]
+        return [lwt["leaderTemplate"], lwt["workerTemplate"]]
+    if obj["kind"] in ("Deployment", "Job"):
+        return [obj["spec"]["template"]]
+    return []
 
 
 def test_there_is_an_example_per_profile() -> None:
@@ -148,16 +162,20 @@ def _deployment(objects: list[dict]) -> dict:
     return next(o for o in objects if o["kind"] == "Deployment")
 
 
+def _engine_pod(objects: list[dict]) -> dict:
+    """The pod template serving HTTP: the Deployment's, or a LeaderWorkerSet's leader (issue 16)."""
+    workload = next(o for o in objects if o["kind"] in ("Deployment", "LeaderWorkerSet"))
+    return _pod_templates(workload)[0]
+
+
 def _containers(pod: dict) -> list[dict]:
     return [*pod.get("initContainers", []), *pod["containers"]]
 
 
 @pytest.mark.parametrize(("path", "env"), CASES)
 def test_secure_defaults_on_every_pod(path: Path, env: str | None) -> None:
-    for obj in _objects(path, env):
-        if obj["kind"] not in ("Deployment", "Job"):
-            continue
-        pod = obj["spec"]["template"]["spec"]
+    for template in [t for obj in _objects(path, env) for t in _pod_templates(obj)]:
+        pod = template["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
@@ -173,11 +191,11 @@ def test_secure_defaults_on_every_pod(path: Path, env: str | None) -> None:
 def test_engine_is_the_plan(path: Path, env: str | None) -> None:
     plan = load_plan(path, env)
     objects = render(plan)
-    pod = _deployment(objects)["spec"]["template"]["spec"]
+    pod = _engine_pod(objects)["spec"]
     vllm = pod["containers"][0]
     model_dir = plan.derived["pod_model_dir"].value
     shutdown = plan.spec.availability.shutdown_timeout_s
-    assert vllm["args"] == engine.vllm_args(
+    assert vllm["args"][-len(plan.pod_engine_args) :] == engine.vllm_args(
         plan.spec, model_dir=model_dir, port=plan.spec.kubernetes.port, shutdown_timeout_s=shutdown
     )
     assert vllm["args"][vllm["args"].index("--shutdown-timeout") + 1] == str(shutdown)
@@ -189,13 +207,16 @@ def test_engine_is_the_plan(path: Path, env: str | None) -> None:
     assert drain[:2] == ["vllm-fleet", "drain"] and drain[-1] == str(plan.spec.availability.drain_timeout_s)
     # The grace period covers the preStop drain and vLLM's own shutdown after it, with a margin.
     assert plan.spec.availability.drain_timeout_s + shutdown < pod["terminationGracePeriodSeconds"]
-    strategy = _deployment(objects)["spec"]["strategy"]["rollingUpdate"]
-    assert strategy == {"maxSurge": 0, "maxUnavailable": 1}
+    workload = next(o for o in objects if o["kind"] in ("Deployment", "LeaderWorkerSet"))
+    if workload["kind"] == "Deployment":
+        assert workload["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    else:
+        assert workload["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"] == {"maxSurge": 0, "maxUnavailable": 1}
     many = int(plan.derived["max_replicas"].value) > 1
     assert ("affinity" in pod) == many
     assert any(o["kind"] == "PodDisruptionBudget" for o in objects) == many
     shm = any(m["mountPath"] == "/dev/shm" for m in vllm["volumeMounts"])
-    assert shm == (plan.spec.engine.tensor_parallel_size > 1)
+    assert shm == (plan.spec.engine.tensor_parallel_size > 1 or plan.spec.resources.nodes > 1)
     if plan.spec.resources.gpus:
         assert vllm["resources"]["limits"]["nvidia.com/gpu"] == str(plan.spec.resources.gpus)
         assert pod["nodeSelector"] and pod["tolerations"][0]["key"] == "nvidia.com/gpu"

@@ -88,6 +88,8 @@ def alert_list(plan: Plan) -> list[Alert]:
 
 def _ready_expr(plan: Plan) -> str:
     ns, name = plan.spec.kubernetes.namespace, plan.name
+    if plan.spec.resources.nodes > 1:  # a LeaderWorkerSet's leaders are the StatefulSet named after it
+        return f'max(kube_statefulset_status_replicas_ready{{namespace="{ns}",statefulset="{name}"}}) < 1'
     return f'max(kube_deployment_status_replicas_available{{namespace="{ns}",deployment="{name}"}}) < 1'
 
 

@@ -18,10 +18,18 @@ def service(plan: Plan) -> Obj:
         "metadata": meta(plan, plan.name),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector(plan),
+            "selector": service_selector(plan),
             "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
+
+
+def service_selector(plan: Plan) -> dict[str, str]:
+    """The pods the Service sends to: the engine's, or a LeaderWorkerSet's leaders only (issue 16)."""
+    if plan.spec.resources.nodes > 1:
+        # The label LWS puts on a group's leader (worker index 0): only the leader serves HTTP.
+        return selector(plan) | {"leaderworkerset.sigs.k8s.io/worker-index": "0"}
+    return selector(plan)
 
 
 def service_account(plan: Plan) -> Obj:
@@ -62,9 +70,16 @@ def network_policy(plan: Plan) -> Obj:
         "spec": {
             "podSelector": {"matchLabels": selector(plan)},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": k8s.port}]}],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": k8s.port}]}, *_group_peers(plan)],
         },
     }
+
+
+def _group_peers(plan: Plan) -> list[Obj]:
+    """A LeaderWorkerSet's pods talk to each other on every port (Ray's head, its workers, NCCL)."""
+    if plan.spec.resources.nodes == 1:
+        return []
+    return [{"from": [{"podSelector": {"matchLabels": selector(plan)}}]}]
 
 
 def deny_ingress(plan: Plan, component: str) -> Obj:

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from vllm_fleet.plan import Plan
-from vllm_fleet.targets.kubernetes.manifests import alerts, monitoring, network, scaling
+from vllm_fleet.targets.kubernetes.manifests import alerts, lws, monitoring, network, scaling
 from vllm_fleet.targets.kubernetes.manifests.objects import Obj
 from vllm_fleet.targets.kubernetes.manifests.storage import storage_parts
 from vllm_fleet.targets.kubernetes.manifests.workload import deployment
@@ -22,7 +22,8 @@ def render(plan: Plan) -> list[Obj]:
     """Every manifest for ``plan``, in apply order (identity and storage before the workload)."""
     spec = plan.spec
     parts = storage_parts(plan)
-    objects = [network.service_account(plan), *parts.objects, deployment(plan, parts), network.service(plan)]
+    workload = lws.leader_worker_set(plan, parts) if spec.resources.nodes > 1 else deployment(plan, parts)
+    objects = [network.service_account(plan), *parts.objects, workload, network.service(plan)]
     if spec.availability.pod_disruption_budget and int(plan.derived["max_replicas"].value or 1) > 1:
         objects.append(network.disruption_budget(plan))
     objects.append(network.network_policy(plan))

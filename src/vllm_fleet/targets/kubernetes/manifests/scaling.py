@@ -60,6 +60,8 @@ def hpa_metric(plan: Plan) -> Obj:
 
 
 def _target_ref(plan: Plan) -> Obj:
+    if plan.spec.resources.nodes > 1:  # LWS has a scale subresource; the HPA selects its leaders
+        return {"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "name": plan.name}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "name": plan.name}
 
 
@@ -110,7 +112,10 @@ def _keda(plan: Plan) -> Obj:
         "kind": "ScaledObject",
         "metadata": meta(plan, plan.name),
         "spec": {
-            "scaleTargetRef": {"name": plan.name},
+            "scaleTargetRef": {"name": plan.name} | (
+                {"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet"}
+                if plan.spec.resources.nodes > 1 else {}
+            ),
             "minReplicaCount": sc.min_replicas,
             "maxReplicaCount": sc.max_replicas,
             "pollingInterval": 15,

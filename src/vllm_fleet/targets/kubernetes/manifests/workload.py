@@ -24,6 +24,21 @@ SHM_SIZE = "16Gi"
 def deployment(plan: Plan, parts: StorageParts) -> Obj:
     """The Deployment running the engine, with the storage profile's volumes and init containers."""
     spec = plan.spec
+    dep_spec: Obj = {}
+    if spec.scaling.mode == "none":
+        dep_spec["replicas"] = spec.replicas
+    dep_spec |= {
+        "selector": {"matchLabels": selector(plan)},
+        # GPU-bound clusters rarely have a spare GPU node for a surge pod: replace one at a time.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+        "template": pod_template(plan, parts, [_engine(plan)]),
+    }
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(plan, plan.name), "spec": dep_spec}
+
+
+def pod_template(plan: Plan, parts: StorageParts, containers: list[Obj]) -> Obj:
+    """The pod around ``containers``: identity, security, grace period, node selection, storage, prefetch."""
+    spec = plan.spec
     pod: Obj = {
         "serviceAccountName": service_account_name(plan),
         "automountServiceAccountToken": False,
@@ -42,26 +57,27 @@ def deployment(plan: Plan, parts: StorageParts) -> Obj:
         init.append(_prefetch_sidecar(plan))
     if init:
         pod["initContainers"] = init
-    pod["containers"] = [_engine(plan)]
+    pod["containers"] = containers
     pod["volumes"] = [*parts.volumes, {"name": "tmp", "emptyDir": {}}]
-    if spec.engine.tensor_parallel_size > 1:
+    if needs_shm(plan):
         pod["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
     template_meta: Obj = {"labels": selector(plan) | meta(plan, plan.name)["labels"]}
     if parts.pod_annotations:
         template_meta["annotations"] = dict(parts.pod_annotations)
-    dep_spec: Obj = {}
-    if spec.scaling.mode == "none":
-        dep_spec["replicas"] = spec.replicas
-    dep_spec |= {
-        "selector": {"matchLabels": selector(plan)},
-        # GPU-bound clusters rarely have a spare GPU node for a surge pod: replace one at a time.
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
-        "template": {"metadata": template_meta, "spec": pod},
-    }
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(plan, plan.name), "spec": dep_spec}
+    return {"metadata": template_meta, "spec": pod}
+
+
+def needs_shm(plan: Plan) -> bool:
+    """/dev/shm for NCCL: tensor parallel in the pod, or a replica spanning nodes (issue 16)."""
+    return plan.spec.engine.tensor_parallel_size > 1 or plan.spec.resources.nodes > 1
 
 
 def _engine(plan: Plan) -> Obj:
+    return engine_container(plan, ["python3", "-m", engine.API_SERVER_MODULE, *plan.pod_engine_args])
+
+
+def engine_container(plan: Plan, argv: list[str]) -> Obj:
+    """The engine container running ``argv``: probes, drain, resources and mounts from the Plan."""
     spec = plan.spec
     port = spec.kubernetes.port
     env = [{"name": k, "value": v} for k, v in sorted(engine.vllm_env(plan.spec).items())]
@@ -70,7 +86,7 @@ def _engine(plan: Plan) -> Obj:
     if spec.resources.gpus:
         resources["nvidia.com/gpu"] = str(spec.resources.gpus)
     mounts = [weights_mount(plan, read_only=True), TMP_MOUNT]
-    if spec.engine.tensor_parallel_size > 1:
+    if needs_shm(plan):
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     health = {"httpGet": {"path": "/health", "port": "http"}}
     drain = spec.availability.drain_timeout_s
@@ -78,8 +94,8 @@ def _engine(plan: Plan) -> Obj:
         "name": "vllm",
         "image": spec.kubernetes.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-m", engine.API_SERVER_MODULE],
-        "args": plan.pod_engine_args,
+        "command": argv[:3],
+        "args": argv[3:],
         "env": env,
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "resources": {"requests": dict(resources), "limits": dict(resources)},
