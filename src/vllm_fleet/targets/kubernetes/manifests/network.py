@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from vllm_fleet.plan import Plan
-from vllm_fleet.targets.kubernetes.manifests.objects import Obj, meta, selector, service_account_name
+from vllm_fleet.targets.kubernetes.manifests.objects import (
+    Obj,
+    meta,
+    selector,
+    service_account_name,
+    serving_component,
+    serving_selector,
+)
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 # Namespaces the scrapers run in, let through the NetworkPolicy to read /metrics.
@@ -11,14 +18,15 @@ SCRAPER_NAMESPACE = {"podmonitoring": "gmp-system", "servicemonitor": "monitorin
 
 
 def service(plan: Plan) -> Obj:
+    """The client-facing Service: in front of the router's pods, or of the engines' without a router."""
     port = plan.spec.kubernetes.port
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": meta(plan, plan.name),
+        "metadata": meta(plan, plan.name, serving_component(plan)),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector(plan),
+            "selector": serving_selector(plan),
             "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -47,7 +55,11 @@ def disruption_budget(plan: Plan) -> Obj:
 
 
 def network_policy(plan: Plan) -> Obj:
-    """Ingress to the engine port only: same namespace, the scraper's namespace, named namespaces and CIDRs."""
+    """Ingress to the serving port only: same namespace, the scraper's namespace, named namespaces and CIDRs.
+
+    It covers the pods clients reach: the router's when it is enabled (the engines then get their own
+    policy, router.py's ``engine_policy``), else the engines'.
+    """
     k8s = plan.spec.kubernetes
     namespaces = set(k8s.allowed_namespaces)
     if plan.spec.monitoring.scraper in SCRAPER_NAMESPACE:
@@ -58,9 +70,9 @@ def network_policy(plan: Plan) -> Obj:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": meta(plan, plan.name),
+        "metadata": meta(plan, plan.name, serving_component(plan)),
         "spec": {
-            "podSelector": {"matchLabels": selector(plan)},
+            "podSelector": {"matchLabels": serving_selector(plan)},
             "policyTypes": ["Ingress"],
             "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": k8s.port}]}],
         },

@@ -20,6 +20,31 @@ def selector(plan: Plan) -> dict[str, str]:
     return {"app.kubernetes.io/name": plan.name, "app.kubernetes.io/component": "engine"}
 
 
+def router_selector(plan: Plan) -> dict[str, str]:
+    """Labels that select the router's pods (never an engine pod: the component differs)."""
+    return {"app.kubernetes.io/name": plan.name, "app.kubernetes.io/component": "router"}
+
+
+def serving_selector(plan: Plan) -> dict[str, str]:
+    """The pods clients reach through the Service: the router's when it is enabled, else the engines'."""
+    return router_selector(plan) if plan.spec.router.enabled else selector(plan)
+
+
+def serving_component(plan: Plan) -> str:
+    """The component label of the client-facing Service (what a ServiceMonitor tells it apart by)."""
+    return "router" if plan.spec.router.enabled else "engine"
+
+
+def engine_service_name(plan: Plan) -> str:
+    """The Service of the engine pods behind the router: its EndpointSlices are what the router follows."""
+    return f"{plan.name}-engine"
+
+
+def router_name(plan: Plan) -> str:
+    """The router's Deployment, ServiceAccount, Role, PDB and scrape object."""
+    return f"{plan.name}-router"
+
+
 def labels(plan: Plan, component: str = "engine") -> dict[str, str]:
     """Labels on every object."""
     out = {"app.kubernetes.io/name": plan.name, "app.kubernetes.io/component": component}
