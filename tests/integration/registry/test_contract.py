@@ -137,3 +137,15 @@ def test_concurrent_registrations_from_one_registry(registry_url: str) -> None:
     routes = using(registry_url, body)
     assert [r.model for r in routes] == ["m0", "m1", "m2"]
     assert sum(len(r.endpoints) for r in routes) == 12
+
+
+def test_postgres_scheme_alias_and_two_replicas_sharing_one_registry(postgres_url: str) -> None:
+    """Two router replicas (two pools) on one PostgreSQL: what one registers the other routes."""
+    alias = "postgres://" + postgres_url.split("://", 1)[1]
+
+    async def main() -> list[Route]:
+        async with await open_registry(postgres_url) as one, await open_registry(alias) as two:
+            await one.register(Deployment("chat", "smollm2", ("http://10.0.0.1:8000",)))
+            return await two.routes()
+
+    assert asyncio.run(main()) == [Route("smollm2", "prefix", ("http://10.0.0.1:8000",), ("chat",))]
