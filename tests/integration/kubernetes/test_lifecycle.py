@@ -49,7 +49,7 @@ def test_happy_path_applies_waits_until_ready_and_verifies_through_a_port_forwar
         fake_kube.forward_pods("127.0.0.1", {8000: engine.port})  # the pods' port 8000 is this engine
         outcome = up(plan, fake_kubeconfig, report, verify=True)
     assert [r.url for r in outcome.started.replicas] and outcome.started.replicas[0].url.startswith("pod/qwen-")
-    assert kinds(fake_kube, "apps/v1", "Deployment") == ["qwen"]
+    assert kinds(fake_kube, "apps/v1", "Deployment") == ["qwen", "qwen-router"]  # the router waited for too
     assert "qwen-inventory" in kinds(fake_kube, "v1", "ConfigMap")
     assert outcome.verified and [c.name for c in outcome.reports[0].checks] == [
         "health",
@@ -203,7 +203,7 @@ def test_a_changed_spec_prunes_what_it_no_longer_renders(fake_kube: FakeKube, fa
     ready_cluster(fake_kube, gpu_nodes=2)
     with fake_kube.run_controllers():
         up(plan_of(replicas=2), fake_kubeconfig)
-        assert kinds(fake_kube, "policy/v1", "PodDisruptionBudget") == ["qwen"]
+        assert kinds(fake_kube, "policy/v1", "PodDisruptionBudget") == ["qwen", "qwen-router"]
         without_pdb = SPEC.replace("monitoring:", "availability: {pod_disruption_budget: false}\nmonitoring:")
         outcome = up(plan_of(replicas=2, spec=without_pdb), fake_kubeconfig)
     assert kinds(fake_kube, "policy/v1", "PodDisruptionBudget") == []

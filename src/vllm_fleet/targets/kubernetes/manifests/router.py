@@ -36,7 +36,9 @@ PRESTOP_SLEEP_S = 5
 def manifests(plan: Plan) -> list[Obj]:
     """Every object the router adds (the client Service, its NetworkPolicy and scrape object are elsewhere)."""
     objects = [service_account(plan), role(plan), role_binding(plan), engine_service(plan), deployment(plan)]
-    if plan.spec.router.replicas > 1:  # minAvailable 1 of a single pod would block every node drain
+    # as for the engines, availability.pod_disruption_budget decides; minAvailable 1 of a single pod
+    # would block every node drain
+    if plan.spec.availability.pod_disruption_budget and plan.spec.router.replicas > 1:
         objects.append(disruption_budget(plan))
     objects.append(engine_policy(plan))
     return objects
