@@ -157,3 +157,16 @@ def test_evaluation_joins_the_input_and_every_run_of_the_output(tmp_path: Path) 
         "c": "reset",
         "d": "no result line (not sent yet)",
     }
+
+
+def test_a_spec_sets_the_concurrency_from_its_engines_batch(tmp_path: Path) -> None:
+    from vllm_fleet.ops.batch import spec_concurrency
+    from vllm_fleet.plan import resolve
+    from vllm_fleet.spec import parse_spec
+
+    plan = resolve(
+        parse_spec("name: demo\nmodel: {source: ./m}\nreplicas: 2\nengine: {max_num_seqs: 8}\n"), spec_dir=tmp_path
+    )
+    level, why = spec_concurrency(plan, servers=1)  # one router URL in front of two replicas
+    assert level == 20 and "8 max_num_seqs x 2 replica(s)" in why
+    assert spec_concurrency(None, servers=1) == (None, "")  # a URL: the probe decides
