@@ -7,6 +7,7 @@
     │   └── SourceForbidden        (also PermissionError)
     ├── CacheError                 the local cache is unusable (disk full, lock, layout)
     ├── EngineError                vLLM could not be started or did not become healthy
+    ├── RegistryError              the model registry could not be opened, migrated or written
     ├── TargetError                a target refused (already running, nothing to stop)
     │   └── NotBuilt               a target cannot do this yet (says what to do instead)
     └── CheckFailed                a checked thing failed: verify, SLO (exit 1)
@@ -57,6 +58,10 @@ class CacheError(FleetError):
 
 class EngineError(FleetError):
     """vLLM did not start or did not become healthy."""
+
+
+class RegistryError(FleetError):
+    """The model registry (SQLite or PostgreSQL) could not be opened, migrated, read or written."""
 
 
 class TargetError(FleetError):

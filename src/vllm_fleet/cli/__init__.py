@@ -37,9 +37,9 @@ def _main(
 
 
 def _register() -> None:
-    from vllm_fleet.cli import bench, kubernetes, lifecycle, spec, storage, verify, weights
+    from vllm_fleet.cli import batch, bench, kubernetes, lifecycle, models, router, spec, storage, verify, weights
 
-    for module in (spec, weights, lifecycle, verify, bench, kubernetes, storage):
+    for module in (spec, weights, lifecycle, verify, bench, batch, router, models, kubernetes, storage):
         module.register(app)
 
 

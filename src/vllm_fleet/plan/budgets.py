@@ -18,6 +18,9 @@ ASSUMED_READ_BANDWIDTH_BPS = 240e6
 ENGINE_INIT_S = 90
 # After the preStop drain and vLLM's own shutdown: the process exit, the log flush, a slow node.
 GRACE_MARGIN_S = 15
+# The router pod's preStop sleep: long enough for kube-proxy and the Gateway to take a terminating router
+# pod out of rotation before it stops accepting connections.
+ROUTER_PRESTOP_SLEEP_S = 5
 # Kubernetes startup probe period; the failure threshold is the budget divided by it.
 STARTUP_PROBE_PERIOD_S = 10
 
@@ -76,12 +79,36 @@ def derive_kubernetes(spec: FleetSpec, pod_model_key: str, derived: dict[str, De
                     "local-nvme": "node-local"}  # fmt: skip
     mode = st.access_mode or default_mode.get(st.profile, "ReadWriteOnce")
     out["access_mode"] = Derived(mode, "storage.access_mode" if st.access_mode else f"default of {st.profile}")
+    if spec.router.enabled:
+        out |= _router_grace(spec)
     out |= _scaling_target(spec)
     out["max_replicas"] = Derived(
         max(spec.replicas, spec.scaling.max_replicas) if spec.scaling.mode != "none" else spec.replicas,
         "replicas, or scaling.max_replicas when autoscaling",
     )
     return out
+
+
+def _router_grace(spec: FleetSpec) -> dict[str, Derived]:
+    """The router pod's shutdown: in-flight answers get as long as an engine gives its own (the same rule).
+
+    A request an engine accepted lasts at most its drain wait plus vLLM's --shutdown-timeout once the
+    engine is told to stop; the router gives the answers it is relaying that long after SIGTERM.
+    """
+    av = spec.availability
+    shutdown = av.drain_timeout_s + av.shutdown_timeout_s
+    return {
+        "router_shutdown_timeout_s": Derived(
+            shutdown,
+            f"availability.drain_timeout_s {av.drain_timeout_s} s + availability.shutdown_timeout_s "
+            f"{av.shutdown_timeout_s} s: what an engine gives a request in flight (router --shutdown-timeout)",
+        ),
+        "router_termination_grace_s": Derived(
+            ROUTER_PRESTOP_SLEEP_S + shutdown + GRACE_MARGIN_S,
+            f"{ROUTER_PRESTOP_SLEEP_S} s preStop sleep + router shutdown timeout {shutdown} s + "
+            f"{GRACE_MARGIN_S} s margin",
+        ),
+    }
 
 
 # GPU utilisation to aim for when the spec names none (GKE's autoscaling best practices start near here).

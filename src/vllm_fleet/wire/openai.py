@@ -33,3 +33,10 @@ def chat_body(model: str, content: str, *, max_tokens: int, stream: bool = False
 def served_models(listing: dict[str, Any]) -> list[str]:
     """Model ids of a ``GET /v1/models`` response."""
     return [m["id"] for m in listing["data"]]
+
+
+def error_body(message: str, status: int, kind: str = "invalid_request_error") -> bytes:
+    """An OpenAI-style error response body (the shape vLLM's server and OpenAI's clients use)."""
+    import json
+
+    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()

@@ -49,7 +49,7 @@ def test_happy_path_applies_waits_until_ready_and_verifies_through_a_port_forwar
         fake_kube.forward_pods("127.0.0.1", {8000: engine.port})  # the pods' port 8000 is this engine
         outcome = up(plan, fake_kubeconfig, report, verify=True)
     assert [r.url for r in outcome.started.replicas] and outcome.started.replicas[0].url.startswith("pod/qwen-")
-    assert kinds(fake_kube, "apps/v1", "Deployment") == ["qwen"]
+    assert kinds(fake_kube, "apps/v1", "Deployment") == ["qwen", "qwen-router"]  # the router waited for too
     assert "qwen-inventory" in kinds(fake_kube, "v1", "ConfigMap")
     assert outcome.verified and [c.name for c in outcome.reports[0].checks] == [
         "health",
@@ -152,12 +152,18 @@ def test_a_missing_crd_fails_preflight_with_the_choice(fake_kube: FakeKube, fake
     monitored = SPEC.replace("monitoring: {scraper: none, dashboard: false}", "monitoring: {scraper: podmonitoring}")
     plan = plan_of(spec=monitored)
     findings = asyncio.run(lifecycle.preflight(plan, options(fake_kubeconfig)))
-    [crd] = [f for f in findings if f.check == "crd"]
+    [crd] = [f for f in findings if f.check == "crd" and "podmonitorings" in f.detail]
     assert crd.severity == "fail" and "podmonitorings.monitoring.googleapis.com is not installed" in crd.detail
     assert "monitoring.scraper" in (crd.fix or "")
     fake_kube.crd("monitoring.googleapis.com", "PodMonitoring")
     again = asyncio.run(lifecycle.preflight(plan, options(fake_kubeconfig)))
-    assert [f.severity for f in again if f.check == "crd"] == ["pass"]
+    # the alert rules beside it (monitoring.alerts, on by default) need GKE's Rules CRD too (issue 16)
+    [rules] = [f for f in again if f.check == "crd" and f.severity == "fail"]
+    assert "rules.monitoring.googleapis.com is not installed" in rules.detail
+    assert "monitoring.alerts" in (rules.fix or "")
+    fake_kube.crd("monitoring.googleapis.com", "Rules", plural="rules")
+    again = asyncio.run(lifecycle.preflight(plan, options(fake_kubeconfig)))
+    assert [f.severity for f in again if f.check == "crd"] == ["pass", "pass"]
 
 
 def test_a_conflict_with_another_field_manager_names_it_and_force_takes_the_field(
@@ -203,7 +209,7 @@ def test_a_changed_spec_prunes_what_it_no_longer_renders(fake_kube: FakeKube, fa
     ready_cluster(fake_kube, gpu_nodes=2)
     with fake_kube.run_controllers():
         up(plan_of(replicas=2), fake_kubeconfig)
-        assert kinds(fake_kube, "policy/v1", "PodDisruptionBudget") == ["qwen"]
+        assert kinds(fake_kube, "policy/v1", "PodDisruptionBudget") == ["qwen", "qwen-router"]
         without_pdb = SPEC.replace("monitoring:", "availability: {pod_disruption_budget: false}\nmonitoring:")
         outcome = up(plan_of(replicas=2, spec=without_pdb), fake_kubeconfig)
     assert kinds(fake_kube, "policy/v1", "PodDisruptionBudget") == []

@@ -19,8 +19,9 @@ What is where, one concern a module:
 - ``resources.py``: the resource table; custom resources served while their CRD exists.
 - ``selectors.py``: label and field selectors, node affinity, tolerations.
 - ``scheduler.py``, ``kubelet.py``, ``workloads.py`` (Deployment, ReplicaSet, Job, garbage
-  collector, namespace controller, pod GC), ``volumes.py`` (PV controller), ``events.py``: the
-  components ``FakeKube.step()`` runs once each, or ``run_controllers()`` runs in the background.
+  collector, namespace controller, pod GC), ``volumes.py`` (PV controller), ``endpointslices.py``
+  (a Service's pods as EndpointSlices), ``events.py``: the components ``FakeKube.step()`` runs
+  once each, or ``run_controllers()`` runs in the background.
 - ``cluster.py``: ``Cluster``, the objects and the scenario methods (nodes, storage classes,
   container scripts, port-forward targets, events, the autoscaler, other users), ``step()`` and
   ``run_controllers()``.

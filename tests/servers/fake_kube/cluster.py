@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from . import events, volumes
+from .endpointslices import EndpointSlices
 from .kubelet import Behaviour, Kubelet, Script
 from .resources import ResourceType
 from .scheduler import schedule
@@ -86,6 +87,7 @@ class Cluster:
         self.store = Store()
         self.kubelet = Kubelet(self.store)
         self.controllers = Controllers(self.store)
+        self.endpointslices = EndpointSlices(self.store)
         self._later: list[tuple[int, str, dict[str, Any]]] = []
         self._timers: list[threading.Timer] = []
         self._loops: list[ControllerLoop] = []
@@ -546,6 +548,7 @@ class Cluster:
             volumes.sync_volumes(self.store)
             schedule(self.store)
             self.kubelet.sync()
+            self.endpointslices.sync()  # after the kubelet: a readiness change shows in the same step
 
     def settle(self, max_steps: int = 30) -> int:
         """Step until a step changes nothing (or ``max_steps``); the number of steps taken."""

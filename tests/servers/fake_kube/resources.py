@@ -99,6 +99,7 @@ BUILTINS: tuple[ResourceType, ...] = (
     _rt("", "v1", "events", "Event", fields=_EVENT_FIELDS),
     _rt("", "v1", "services", "Service", status=True),
     _rt("", "v1", "endpoints", "Endpoints"),
+    _rt("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
     _rt("", "v1", "serviceaccounts", "ServiceAccount"),
     _rt("", "v1", "configmaps", "ConfigMap"),
     _rt("", "v1", "secrets", "Secret", fields=("type",)),

@@ -214,7 +214,7 @@ def test_engine_is_the_plan(path: Path, env: str | None) -> None:
         assert workload["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"] == {"maxSurge": 0, "maxUnavailable": 1}
     many = int(plan.derived["max_replicas"].value) > 1
     assert ("affinity" in pod) == many
-    assert any(o["kind"] == "PodDisruptionBudget" for o in objects) == many
+    assert any(o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == plan.name for o in objects) == many
     shm = any(m["mountPath"] == "/dev/shm" for m in vllm["volumeMounts"])
     assert shm == (plan.spec.engine.tensor_parallel_size > 1 or plan.spec.resources.nodes > 1)
     if plan.spec.resources.gpus:

@@ -27,7 +27,7 @@ def _lws(objects: list[dict]) -> dict:
 def test_the_example_renders_a_leader_worker_set(env: str | None) -> None:
     plan = load_plan(EXAMPLE, env)
     objects = render(plan)
-    assert not any(o["kind"] == "Deployment" for o in objects)
+    assert not any(o["kind"] == "Deployment" and o["metadata"]["name"] == plan.name for o in objects)
     for obj in objects:
         validate(obj)
     lws = _lws(objects)["spec"]
@@ -48,11 +48,25 @@ def test_the_example_renders_a_leader_worker_set(env: str | None) -> None:
         pod = template["spec"]
         assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
         assert pod["terminationGracePeriodSeconds"] == plan.termination_grace_s
-    service = next(o for o in objects if o["kind"] == "Service")
-    assert service["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
-    assert any(o["kind"] == "PodDisruptionBudget" for o in objects) == (env == "production")
-    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    # the router (on by default) follows NAME-engine, which lists the leaders only
+    engine = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == f"{plan.name}-engine")
+    assert engine["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+    pdb = any(o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == plan.name for o in objects)
+    assert pdb == (env == "production")
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == f"{plan.name}-engine")
     assert any("ports" not in rule for rule in policy["spec"]["ingress"])  # Ray and NCCL between the group
+
+
+def test_without_the_router_the_client_service_selects_the_leaders() -> None:
+    plan = copy.deepcopy(load_plan(EXAMPLE, "production"))
+    object.__setattr__(plan.spec.router, "enabled", False)
+    objects = render(plan)
+    assert not any(o["metadata"]["name"].endswith(("-router", "-engine")) for o in objects)
+    (service,) = [o for o in objects if o["kind"] == "Service"]
+    assert service["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    assert "leaderworkerset.sigs.k8s.io/worker-index" not in policy["spec"]["podSelector"]["matchLabels"]
+    assert any("ports" not in rule for rule in policy["spec"]["ingress"])
 
 
 def test_the_crd_subset_catches_a_bad_leader_worker_set() -> None:

@@ -24,14 +24,14 @@ def _plan():
     return resolve(parse_spec(SPEC))
 
 
-def _deployment(ready: int) -> dict:
+def _deployment(ready: int, name: str = "m", replicas: int = 1) -> dict:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "m", "namespace": "llm", "generation": 1},
-        "spec": {"replicas": 1},
+        "metadata": {"name": name, "namespace": "llm", "generation": 1},
+        "spec": {"replicas": replicas},
         "status": {
-            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": ready,
+            "observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": ready,
             "availableReplicas": ready,
             "conditions": [{"type": "Available", "status": "True" if ready else "False"}],
         },
@@ -73,10 +73,22 @@ READY_POD = {
 }
 
 
+def _router(ready: int = 2) -> dict:
+    return _deployment(ready, "m-router", replicas=2)
+
+
 def test_everything_current_is_done() -> None:
     plan = _plan()
-    verdict = judge(plan, render(plan), _seen(_deployment(1), _claim(), _pod(**READY_POD)), now=NOW)
+    verdict = judge(plan, render(plan), _seen(_deployment(1), _router(), _claim(), _pod(**READY_POD)), now=NOW)
     assert verdict.done and verdict.failure is None and verdict.summary == "ready"
+
+
+def test_the_router_not_seen_or_not_ready_keeps_it_waiting() -> None:
+    plan = _plan()
+    verdict = judge(plan, render(plan), _seen(_deployment(1), _claim(), _pod(**READY_POD)), now=NOW)
+    assert not verdict.done and "Deployment/m-router: not seen yet" in verdict.summary
+    verdict = judge(plan, render(plan), _seen(_deployment(1), _router(0), _claim(), _pod(**READY_POD)), now=NOW)
+    assert not verdict.done and "Deployment/m-router" in verdict.summary
 
 
 def test_an_object_not_seen_yet_keeps_it_waiting() -> None:

@@ -26,13 +26,16 @@ CUSTOM_RESOURCES: dict[tuple[str, str], str] = {
     ("gateway.networking.k8s.io", "Gateway"): "gateways",
     ("gateway.networking.k8s.io", "HTTPRoute"): "httproutes",
     ("networking.gke.io", "HealthCheckPolicy"): "healthcheckpolicies",
+    ("monitoring.coreos.com", "PrometheusRule"): "prometheusrules",
+    ("monitoring.googleapis.com", "Rules"): "rules",
+    ("leaderworkerset.x-k8s.io", "LeaderWorkerSet"): "leaderworkersets",
 }
 # Apply order (the dependency order); deletion runs it backwards. Unknown kinds go last.
 APPLY_ORDER = (
     "Namespace", "ServiceAccount", "StorageClass", "PersistentVolume", "PersistentVolumeClaim", "Secret",
-    "ConfigMap", "Job", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
-    "HorizontalPodAutoscaler", "ScaledObject", "PodMonitoring", "ServiceMonitor", "Gateway", "HTTPRoute",
-    "HealthCheckPolicy",
+    "ConfigMap", "Role", "RoleBinding", "Job", "Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget",
+    "NetworkPolicy", "HorizontalPodAutoscaler", "ScaledObject", "PodMonitoring", "ServiceMonitor", "PrometheusRule",
+    "Rules", "Gateway", "HTTPRoute", "HealthCheckPolicy",
 )  # fmt: skip
 CLUSTER_SCOPED = frozenset({"Namespace", "StorageClass", "PersistentVolume", "CustomResourceDefinition"})
 

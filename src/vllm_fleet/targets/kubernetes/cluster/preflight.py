@@ -169,6 +169,9 @@ def _feature_key(kind: str) -> str:
     return {
         "PodMonitoring": "monitoring.scraper",
         "ServiceMonitor": "monitoring.scraper",
+        "PrometheusRule": "monitoring.alerts",
+        "Rules": "monitoring.alerts",
+        "LeaderWorkerSet": "resources.nodes",
         "ScaledObject": "scaling.mode",
         "Gateway": "gateway.enabled",
         "HTTPRoute": "gateway.enabled",

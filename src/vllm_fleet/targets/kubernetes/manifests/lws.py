@@ -5,7 +5,8 @@ Each replica is a group of ``resources.nodes`` pods: the leader starts the Ray h
 with --tensor-parallel-size T --pipeline-parallel-size P --distributed-executor-backend ray; each worker
 joins the head at $LWS_LEADER_ADDRESS (set by LWS) and blocks. The leader carries the probes and the drain
 (the same ones as a Deployment's engine); a pod failing restarts its whole group (RecreateGroupOnPodRestart),
-since a Ray cluster missing a member cannot serve. The Service selects leaders only.
+since a Ray cluster missing a member cannot serve. The Services select leaders only
+(objects.endpoint_selector): the client one without a router, NAME-engine behind it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ from vllm_fleet.targets.kubernetes.manifests.storage import StorageParts
 from vllm_fleet.targets.kubernetes.manifests.workload import engine_container, pod_template
 
 API = "leaderworkerset.x-k8s.io/v1"
-# LWS labels every pod with its index in the group; the leader is 0 (lws api/leaderworkerset/v1).
-WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
-LEADER = {WORKER_INDEX: "0"}
 RAY_PORT = 6379
 
 

@@ -9,22 +9,41 @@ from __future__ import annotations
 import json
 
 from vllm_fleet.plan import Plan
-from vllm_fleet.targets.kubernetes.manifests.objects import Obj, meta, selector
+from vllm_fleet.targets.kubernetes.manifests.objects import (
+    Obj,
+    labels,
+    meta,
+    router_name,
+    router_selector,
+    selector,
+)
 
 
 def scraper(plan: Plan) -> list[Obj]:
-    """PodMonitoring (GKE managed Prometheus) or ServiceMonitor (Prometheus operator)."""
+    """PodMonitoring (GKE managed Prometheus) or ServiceMonitor (Prometheus operator) of the engine pods."""
+    return _scrapers(plan, plan.name, "engine", selector(plan))
+
+
+def router_scraper(plan: Plan) -> list[Obj]:
+    """The same for the router's pods (its own /metrics: requests, retries, backends)."""
+    return _scrapers(plan, router_name(plan), "router", router_selector(plan))
+
+
+def _scrapers(plan: Plan, name: str, component: str, pods: dict[str, str]) -> list[Obj]:
+    # A ServiceMonitor finds Services by label: the engine Service and the client-facing one differ in
+    # their component label, so each scrapes its own pods (the client-facing one is the router's, if any).
     mon = plan.spec.monitoring
     endpoint = {"port": "http", "path": "/metrics", "interval": f"{mon.interval_s}s"}
     if mon.scraper == "podmonitoring":
         return [{
-            "apiVersion": "monitoring.googleapis.com/v1", "kind": "PodMonitoring", "metadata": meta(plan, plan.name),
-            "spec": {"selector": {"matchLabels": selector(plan)}, "endpoints": [endpoint]},
+            "apiVersion": "monitoring.googleapis.com/v1", "kind": "PodMonitoring",
+            "metadata": meta(plan, name, component),
+            "spec": {"selector": {"matchLabels": pods}, "endpoints": [endpoint]},
         }]  # fmt: skip
     if mon.scraper == "servicemonitor":
         return [{
-            "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": meta(plan, plan.name),
-            "spec": {"selector": {"matchLabels": meta(plan, plan.name)["labels"]}, "endpoints": [endpoint]},
+            "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": meta(plan, name, component),
+            "spec": {"selector": {"matchLabels": labels(plan, component)}, "endpoints": [endpoint]},
         }]  # fmt: skip
     return []
 

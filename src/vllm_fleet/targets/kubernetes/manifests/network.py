@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from vllm_fleet.plan import Plan
-from vllm_fleet.targets.kubernetes.manifests.objects import Obj, meta, selector, service_account_name
+from vllm_fleet.targets.kubernetes.manifests.objects import (
+    Obj,
+    endpoint_selector,
+    meta,
+    router_selector,
+    selector,
+    service_account_name,
+    serving_component,
+    serving_selector,
+)
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 # Namespaces the scrapers run in, let through the NetworkPolicy to read /metrics.
@@ -11,11 +20,12 @@ SCRAPER_NAMESPACE = {"podmonitoring": "gmp-system", "servicemonitor": "monitorin
 
 
 def service(plan: Plan) -> Obj:
+    """The client-facing Service: in front of the router's pods, or of the engines' without a router."""
     port = plan.spec.kubernetes.port
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": meta(plan, plan.name),
+        "metadata": meta(plan, plan.name, serving_component(plan)),
         "spec": {
             "type": "ClusterIP",
             "selector": service_selector(plan),
@@ -25,11 +35,9 @@ def service(plan: Plan) -> Obj:
 
 
 def service_selector(plan: Plan) -> dict[str, str]:
-    """The pods the Service sends to: the engine's, or a LeaderWorkerSet's leaders only (issue 16)."""
-    if plan.spec.resources.nodes > 1:
-        # The label LWS puts on a group's leader (worker index 0): only the leader serves HTTP.
-        return selector(plan) | {"leaderworkerset.sigs.k8s.io/worker-index": "0"}
-    return selector(plan)
+    """The pods the client Service sends to: the router's, or without it the engines' (a LeaderWorkerSet's
+    leaders only, issue 16)."""
+    return router_selector(plan) if plan.spec.router.enabled else endpoint_selector(plan)
 
 
 def service_account(plan: Plan) -> Obj:
@@ -55,7 +63,11 @@ def disruption_budget(plan: Plan) -> Obj:
 
 
 def network_policy(plan: Plan) -> Obj:
-    """Ingress to the engine port only: same namespace, the scraper's namespace, named namespaces and CIDRs."""
+    """Ingress to the serving port only: same namespace, the scraper's namespace, named namespaces and CIDRs.
+
+    It covers the pods clients reach: the router's when it is enabled (the engines then get their own
+    policy, router.py's ``engine_policy``), else the engines'.
+    """
     k8s = plan.spec.kubernetes
     namespaces = set(k8s.allowed_namespaces)
     if plan.spec.monitoring.scraper in SCRAPER_NAMESPACE:
@@ -66,16 +78,20 @@ def network_policy(plan: Plan) -> Obj:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": meta(plan, plan.name),
+        "metadata": meta(plan, plan.name, serving_component(plan)),
         "spec": {
-            "podSelector": {"matchLabels": selector(plan)},
+            "podSelector": {"matchLabels": serving_selector(plan)},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": k8s.port}]}, *_group_peers(plan)],
+            # the group rule only where this policy covers the engine pods (behind a router: engine_policy's)
+            "ingress": [
+                {"from": peers, "ports": [{"protocol": "TCP", "port": k8s.port}]},
+                *([] if plan.spec.router.enabled else group_peers(plan)),
+            ],
         },
     }
 
 
-def _group_peers(plan: Plan) -> list[Obj]:
+def group_peers(plan: Plan) -> list[Obj]:
     """A LeaderWorkerSet's pods talk to each other on every port (Ray's head, its workers, NCCL)."""
     if plan.spec.resources.nodes == 1:
         return []

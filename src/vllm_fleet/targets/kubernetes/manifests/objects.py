@@ -13,11 +13,50 @@ from vllm_fleet.plan import Plan
 Obj = dict[str, Any]
 # Writable scratch for every container: the root filesystem is read-only, HOME points here.
 TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+# The label LeaderWorkerSet puts on every pod: its index in the group (lws api/leaderworkerset/v1).
+LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 
 
 def selector(plan: Plan) -> dict[str, str]:
     """Labels that select this deployment's pods (stable across renders, never the env)."""
     return {"app.kubernetes.io/name": plan.name, "app.kubernetes.io/component": "engine"}
+
+
+def endpoint_selector(plan: Plan) -> dict[str, str]:
+    """The engine pods that answer HTTP: every engine pod, or only a LeaderWorkerSet's leaders (issue 16).
+
+    LWS labels each pod of a group with its index; the leader is 0 and runs the API server, the workers
+    only join its Ray cluster. Services (the client one without a router, NAME-engine behind it) use this.
+    """
+    if plan.spec.resources.nodes > 1:
+        return selector(plan) | {LWS_WORKER_INDEX: "0"}
+    return selector(plan)
+
+
+def router_selector(plan: Plan) -> dict[str, str]:
+    """Labels that select the router's pods (never an engine pod: the component differs)."""
+    return {"app.kubernetes.io/name": plan.name, "app.kubernetes.io/component": "router"}
+
+
+def serving_selector(plan: Plan) -> dict[str, str]:
+    """The pods clients reach: the router's when it is enabled, else the engines' (all of a group's pods:
+    what the client NetworkPolicy covers; the Service itself narrows to ``endpoint_selector``)."""
+    return router_selector(plan) if plan.spec.router.enabled else selector(plan)
+
+
+def serving_component(plan: Plan) -> str:
+    """The component label of the client-facing Service (what a ServiceMonitor tells it apart by)."""
+    return "router" if plan.spec.router.enabled else "engine"
+
+
+def engine_service_name(plan: Plan) -> str:
+    """The Service of the engine pods behind the router: its EndpointSlices are what the router follows."""
+    return f"{plan.name}-engine"
+
+
+def router_name(plan: Plan) -> str:
+    """The router's Deployment, ServiceAccount, Role, PDB and scrape object."""
+    return f"{plan.name}-router"
 
 
 def labels(plan: Plan, component: str = "engine") -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from vllm_fleet.plan import Plan
-from vllm_fleet.targets.kubernetes.manifests import alerts, lws, monitoring, network, scaling
+from vllm_fleet.targets.kubernetes.manifests import alerts, lws, monitoring, network, router, scaling
 from vllm_fleet.targets.kubernetes.manifests.objects import Obj
 from vllm_fleet.targets.kubernetes.manifests.storage import storage_parts
 from vllm_fleet.targets.kubernetes.manifests.workload import deployment
@@ -27,10 +27,14 @@ def render(plan: Plan) -> list[Obj]:
     if spec.availability.pod_disruption_budget and int(plan.derived["max_replicas"].value or 1) > 1:
         objects.append(network.disruption_budget(plan))
     objects.append(network.network_policy(plan))
+    if spec.router.enabled:  # the router adds objects; without it the output is what it was before the router
+        objects += router.manifests(plan)
     objects += scaling.autoscaler(plan)
     if spec.gateway.enabled:
         objects += network.gateway(plan)
     objects += monitoring.scraper(plan)
+    if spec.router.enabled:
+        objects += monitoring.router_scraper(plan)
     objects += alerts.rules(plan)
     if spec.monitoring.dashboard:
         objects.append(monitoring.dashboard(plan))

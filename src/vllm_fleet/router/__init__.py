@@ -1,0 +1,7 @@
+"""The router: one OpenAI-compatible endpoint in front of every replica.
+
+body (what a request is routed by) · backends (the pool: health, ejection, drain, load) ·
+policies (round-robin, least-load, prefix affinity with bounded load, session) · proxy (one
+request: choose, retry before the first byte, stream back) · server (aiohttp, the routes,
+graceful shutdown) · admin (backends, drain, registry reload) · metrics (Prometheus).
+"""

@@ -1,0 +1,103 @@
+"""The registry as the router uses it: which models are routable and by what policy, and who may call.
+
+Several router replicas may share one registry (PostgreSQL): each re-reads it every
+``refresh_s``, so a deployment registered by `up` becomes routable everywhere within that.
+An API key's limits are cached for ``KEY_CACHE_S``; the cache holds hashes, never a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from vllm_fleet.router.backends import Pool
+from vllm_fleet.router.body import RequestFacts
+from vllm_fleet.router.policies import Policy, policy
+from vllm_fleet.router.proxy import json_error
+
+log = logging.getLogger("vllm_fleet.router")
+KEY_CACHE_S = 30.0  # a deleted key stops working within this long on every router replica
+MAX_CACHED_KEYS = 10_000  # bounded: a flood of wrong keys cannot grow it
+
+
+class RegistryLink:
+    """The router's view of a registry: routes into the pool, policies per model, keys and limits."""
+
+    def __init__(self, url: str, pool: Pool, static_backends: Sequence[str], refresh_s: float = 5.0) -> None:
+        self.url = url
+        self.pool = pool
+        self.static_backends = tuple(static_backends)
+        self.refresh_s = refresh_s
+        self.policies: dict[str, Policy] = {}
+        self.keys_required = False
+        self._registry: Any = None
+        self._limiter: Any = None
+        self._keys: dict[str, tuple[float, Any]] = {}
+        self._task: asyncio.Task | None = None
+
+    async def open(self) -> None:
+        from vllm_fleet.registry import open_registry
+        from vllm_fleet.registry.limits import Limiter
+
+        self._registry = await open_registry(self.url)
+        self._limiter = Limiter()
+        await self.load()
+        self._task = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._registry is not None:
+            await self._registry.close()
+
+    async def load(self) -> list[str]:
+        """Read the registry now: its routes become the pool (beside the backends given) and the policies."""
+        routes = await self._registry.routes()
+        self.policies = {r.model: policy(r.policy) for r in routes}
+        self.pool.set_backends([*self.static_backends, *(e for r in routes for e in r.endpoints)])
+        self.keys_required = bool(await self._registry.keys())
+        return sorted(self.policies)
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.load()
+            except Exception as exc:  # a registry briefly away must not stop the router: keep the last view
+                log.warning("registry refresh failed: %s", exc)
+
+    async def admit(self, request: web.BaseRequest, facts: RequestFacts) -> web.Response | None:
+        """None when the request may go on; else its 401 or 429 answer."""
+        if not self.keys_required:
+            return None
+        secret = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        limits = await self._limits(secret) if secret else None
+        if limits is None:
+            return json_error("a valid API key is required: `Authorization: Bearer <key>`", 401, "Unauthorized")
+        wait = self._limiter.check(limits.name, limits, facts.tokens, time.monotonic())
+        if wait is None:
+            return None
+        return json_error(
+            f"API key {limits.name!r} is over its limit; retry in {wait:.0f} s",
+            429,
+            "RateLimitError",
+            **{"Retry-After": str(max(1, round(wait)))},
+        )
+
+    async def _limits(self, secret: str) -> Any:
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        limits = await self._registry.check_key(secret)
+        if len(self._keys) >= MAX_CACHED_KEYS:
+            self._keys.clear()
+        self._keys[digest] = (now + KEY_CACHE_S, limits)
+        return limits

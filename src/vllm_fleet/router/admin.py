@@ -1,0 +1,55 @@
+"""The router's admin API.
+
+    GET    /admin/backends                 every backend: state, in-flight, load, failures
+    POST   /admin/backends        {"url"}  add one (checked before it gets requests)
+    DELETE /admin/backends        {"url"}  remove one (its in-flight requests finish)
+    POST   /admin/backends/drain  {"url", "draining": true}  no new requests; poll in_flight until 0
+    POST   /admin/registry/reload          read the registry now
+
+With an admin token set, each call needs ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+
+from aiohttp import web
+
+from vllm_fleet.router.access import RegistryLink
+from vllm_fleet.router.backends import Pool
+from vllm_fleet.router.proxy import json_error
+
+
+async def handle(
+    request: web.BaseRequest, pool: Pool, registry: RegistryLink | None, token: str | None
+) -> web.StreamResponse:
+    if token and not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
+        return json_error("the admin API needs `Authorization: Bearer <admin token>`", 401, "Unauthorized")
+    now = time.monotonic()
+    path, method = request.path, request.method
+    if path == "/admin/backends" and method == "GET":
+        return web.json_response({"backends": [b.to_dict(now) for b in pool.backends.values()]})
+    if path == "/admin/registry/reload" and method == "POST":
+        if registry is None:
+            return json_error("this router has no registry (start it with --registry URL)", 409)
+        return web.json_response({"models": await registry.load(), "backends": len(pool.backends)})
+    if (path, method) not in _BACKEND_CALLS:
+        return json_error(f"no admin call {method} {path}", 404, "NotFound")
+    try:
+        data = json.loads(await request.read() or b"{}")
+        url = str(data["url"]).rstrip("/")
+    except (ValueError, KeyError, TypeError):
+        return json_error('send a JSON body {"url": "http://host:port"}', 400)
+    if method == "POST" and path == "/admin/backends":
+        return web.json_response(pool.add(url).to_dict(now))
+    if method == "DELETE":
+        return web.json_response({"removed": pool.remove(url)})
+    backend = pool.drain(url, bool(data.get("draining", True)))
+    if backend is None:
+        return json_error(f"no backend {url}; GET /admin/backends lists them", 404, "NotFound")
+    return web.json_response(backend.to_dict(now))
+
+
+_BACKEND_CALLS = {("/admin/backends", "POST"), ("/admin/backends", "DELETE"), ("/admin/backends/drain", "POST")}

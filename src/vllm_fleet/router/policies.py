@@ -1,0 +1,99 @@
+"""Routing policies: which available backend takes a request.
+
+Every policy is stateless across router replicas except round-robin's counter: two routers
+given the same backends and the same prompt choose the same backend, with no shared state
+and memory that does not grow with traffic.
+
+- ``prefix``: rendezvous (highest random weight) hashing of the prompt's leading text with
+  bounded loads (Mirrokni, Thorup, Zadimoghaddam, "Consistent Hashing with Bounded Loads",
+  2017): the top-scoring backend for the system-prompt-deep key takes the request unless it
+  holds more than ``BOUND`` times the average in-flight count; then the conversation-deep key
+  picks among the backends under the bound, so a hot prefix spills to the same few
+  replicas, and each conversation's turns stay together.
+- ``session``: the same, keyed by the session (a header or the ``user`` field).
+- ``least-load``: the fewest in-flight requests, counting vLLM's queue.
+- ``round-robin``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable, Sequence
+
+from vllm_fleet.router.backends import Backend
+from vllm_fleet.router.body import RequestFacts
+
+BOUND = 1.25  # the bounded-loads factor c: no backend above c times the average load (+1 for this request)
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+Policy = Callable[[Sequence[Backend], RequestFacts, str | None], Backend]
+
+
+def key_of(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def _score(key: int, seed: int) -> int:
+    """A 64-bit mix of key and backend (splitmix64's finaliser): uniform, and cheap in Python."""
+    x = ((key ^ seed) * _GOLDEN) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def bounded_rendezvous(backends: Sequence[Backend], first: int, then: int) -> Backend:
+    """``first``'s top backend if under the load bound, else ``then``'s top among those under it."""
+    if len(backends) == 1:
+        return backends[0]
+    total = sum(b.in_flight for b in backends)
+    bound = BOUND * (total + 1) / len(backends)
+    best = max(backends, key=lambda b: _score(first, b.seed))
+    if best.in_flight + 1 <= bound:
+        return best
+    under = [b for b in backends if b.in_flight + 1 <= bound] or list(backends)
+    return max(under, key=lambda b: _score(then, b.seed))
+
+
+def prefix(backends: Sequence[Backend], facts: RequestFacts, session: str | None) -> Backend:
+    if not facts.shallow:
+        return least_load(backends, facts, session)
+    return bounded_rendezvous(backends, key_of(facts.shallow), key_of(facts.deep))
+
+
+def session_affinity(backends: Sequence[Backend], facts: RequestFacts, session: str | None) -> Backend:
+    key = session or facts.session
+    if not key:
+        return least_load(backends, facts, session)
+    hashed = key_of(key)
+    return bounded_rendezvous(backends, hashed, hashed)
+
+
+def least_load(backends: Sequence[Backend], facts: RequestFacts, session: str | None) -> Backend:
+    return min(backends, key=lambda b: (b.load, b.in_flight_tokens))
+
+
+def round_robin() -> Policy:
+    counter = itertools.count()
+
+    def choose(backends: Sequence[Backend], facts: RequestFacts, session: str | None) -> Backend:
+        return backends[next(counter) % len(backends)]
+
+    return choose
+
+
+_MAKERS: dict[str, Callable[[], Policy]] = {
+    "prefix": lambda: prefix,
+    "least-load": lambda: least_load,
+    "round-robin": round_robin,
+    "session": lambda: session_affinity,
+}
+NAMES = tuple(_MAKERS)
+
+
+def policy(name: str) -> Policy:
+    """The policy called ``name`` (the spec's and the CLI's names); a fresh one (round-robin has a counter)."""
+    if name not in _MAKERS:
+        raise ValueError(f"unknown routing policy {name!r}; use one of {', '.join(NAMES)}")
+    return _MAKERS[name]()

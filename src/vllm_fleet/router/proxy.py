@@ -1,0 +1,212 @@
+"""One request through the router: choose a backend, send the body as received, retry before the first
+byte, stream the answer back as it arrives.
+
+A retry happens only while nothing has reached the client: on a refused or reset connection,
+and on 502/503/504/429 answers (a 429 or 503 with Retry-After keeps that backend out for
+that long). Once the answer's head is sent, a failing backend fails that one request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from vllm_fleet.router.backends import Backend, Pool
+from vllm_fleet.router.body import RequestFacts
+from vllm_fleet.router.metrics import RouterMetrics
+from vllm_fleet.router.policies import Policy
+from vllm_fleet.wire.openai import error_body
+
+access_log = logging.getLogger("vllm_fleet.router.access")
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) and the ones aiohttp writes itself: never forwarded.
+_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+     "trailer", "transfer-encoding", "upgrade", "host", "content-length")
+)  # fmt: skip
+RETRIED_STATUS = frozenset((429, 502, 503, 504))
+BACKEND_HEADER = "x-vllm-fleet-backend"
+SESSION_HEADER = "x-session-id"
+LOAD_FORMAT_HEADER = "endpoint-load-metrics-format"  # vLLM answers it with endpoint-load-metrics (non-streamed)
+LOAD_HEADER = "endpoint-load-metrics"
+
+
+def forwarded_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _HOP)
+
+
+def json_error(message: str, status: int, kind: str = "invalid_request_error", **headers: str) -> web.Response:
+    return web.Response(
+        status=status, body=error_body(message, status, kind), content_type="application/json", headers=headers
+    )
+
+
+def retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP-date: not worth parsing, the backoff applies
+
+
+@dataclass
+class Proxy:
+    pool: Pool
+    session: aiohttp.ClientSession
+    metrics: RouterMetrics
+    retries: int = 2
+
+    async def forward(
+        self, request: web.BaseRequest, body: bytes, facts: RequestFacts, choose: Policy, started: float
+    ) -> web.StreamResponse:
+        candidates = self.pool.available(facts.model)
+        if not candidates:
+            return self._none_available(facts)
+        headers = forwarded_headers(request.headers)
+        ask_load = not facts.stream and LOAD_FORMAT_HEADER not in headers
+        if ask_load:
+            headers[LOAD_FORMAT_HEADER] = "TEXT"
+        session = request.headers.get(SESSION_HEADER)
+        tried: list[Backend] = []
+        upstream: aiohttp.ClientResponse | None = None
+        while True:
+            left: Sequence[Backend] = [b for b in candidates if b not in tried] if tried else candidates
+            backend = choose(left, facts, session)
+            tried.append(backend)
+            last = len(tried) > self.retries or len(tried) == len(candidates)
+            backend.in_flight += 1
+            backend.in_flight_tokens += facts.tokens
+            self.metrics.in_flight.inc()
+            try:
+                sent = time.perf_counter()
+                upstream = await self.session.request(
+                    request.method, backend.url + request.path_qs, data=body or None, headers=headers
+                )
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                self._done(backend, facts)
+                why = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+                self.pool.failed(backend, why)
+                if last:
+                    return self._failed(request, facts, tried, why, started)
+                self.metrics.retries.labels("connect").inc()
+                continue
+            if upstream.status in RETRIED_STATUS and not last:
+                wait = retry_after(upstream.headers.get("retry-after"))
+                why = f"answered {upstream.status}"
+                upstream.close()
+                self._done(backend, facts)
+                if wait is not None:
+                    self.pool.eject(backend, f"{why} with Retry-After {wait:g}", for_s=wait)
+                elif upstream.status != 429:
+                    self.pool.failed(backend, why)
+                self.metrics.retries.labels(str(upstream.status)).inc()
+                continue
+            try:
+                return await self._relay(request, upstream, backend, facts, ask_load, started, sent, len(tried))
+            finally:
+                self._done(backend, facts)
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        backend: Backend,
+        facts: RequestFacts,
+        asked_load: bool,
+        started: float,
+        sent: float,
+        attempts: int,
+    ) -> web.StreamResponse:
+        answered = time.perf_counter()
+        complete = False
+        try:
+            headers = forwarded_headers(upstream.headers)
+            if upstream.content_length is not None:
+                headers["content-length"] = str(upstream.content_length)
+            load = headers.pop(LOAD_HEADER, None) if asked_load else headers.get(LOAD_HEADER)
+            if load:
+                self.pool.load_header(backend, load)
+            headers[BACKEND_HEADER] = backend.url
+            out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            await out.prepare(request)
+            added = sent - started
+            first = True
+            async for chunk in upstream.content.iter_any():
+                await out.write(chunk)
+                if first:
+                    added += time.perf_counter() - answered
+                    first = False
+            await out.write_eof()
+            complete = True
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The head went out: no retry now. The client sees its connection end early (never a
+            # truncated answer that looks whole).
+            self.pool.failed(backend, f"{exc.__class__.__name__} mid-answer")
+            self._log(request, facts, backend, upstream.status, attempts, started, "aborted mid-answer")
+            raise
+        finally:
+            if not complete:
+                upstream.close()
+            else:
+                upstream.release()
+        if upstream.status < 500:
+            self.pool.succeeded(backend)
+        else:
+            self.pool.failed(backend, f"answered {upstream.status}")
+        self.metrics.added.observe(added)
+        self.metrics.requests.labels(facts.model or "", backend.url, str(upstream.status)).inc()
+        self._log(request, facts, backend, upstream.status, attempts, started)
+        return out
+
+    def _done(self, backend: Backend, facts: RequestFacts) -> None:
+        backend.in_flight -= 1
+        backend.in_flight_tokens -= facts.tokens
+        self.metrics.in_flight.dec()
+
+    def _none_available(self, facts: RequestFacts) -> web.Response:
+        known = sorted({m for b in self.pool.backends.values() for m in b.models})
+        if facts.model is not None and facts.model not in known:
+            listed = ", ".join(known) or "none yet"
+            self.metrics.requests.labels(facts.model, "", "404").inc()
+            return json_error(f"model {facts.model!r} is not served here; known models: {listed}", 404, "NotFound")
+        wait = str(self.pool.retry_after_s())
+        self.metrics.requests.labels(facts.model or "", "", "503").inc()
+        return json_error(
+            "no healthy backend can take this request now", 503, "ServiceUnavailable", **{"Retry-After": wait}
+        )
+
+    def _failed(
+        self, request: web.BaseRequest, facts: RequestFacts, tried: list[Backend], why: str, started: float
+    ) -> web.Response:
+        self.metrics.requests.labels(facts.model or "", tried[-1].url, "502").inc()
+        self._log(request, facts, tried[-1], 502, len(tried), started, why)
+        names = ", ".join(b.url for b in tried)
+        return json_error(
+            f"no backend answered ({names}): {why}",
+            502,
+            "BadGateway",
+            **{"Retry-After": str(self.pool.retry_after_s())},
+        )
+
+    def _log(
+        self,
+        request: web.BaseRequest,
+        facts: RequestFacts,
+        backend: Backend,
+        status: int,
+        attempts: int,
+        started: float,
+        note: str = "",
+    ) -> None:
+        if access_log.isEnabledFor(logging.INFO):
+            ms = (time.perf_counter() - started) * 1000
+            access_log.info(
+                '%s "%s %s" %d model=%s backend=%s attempts=%d ms=%.1f%s',
+                request.remote, request.method, request.path, status, facts.model, backend.url, attempts, ms,
+                f" {note}" if note else "",
+            )  # fmt: skip
