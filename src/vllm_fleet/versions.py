@@ -16,3 +16,7 @@ VLLM_BASE_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 # The image built from the Dockerfile, tagged `<vllm-fleet version>-vllm<vLLM version>`.
 IMAGE_TAG = f"{__version__}-vllm{VLLM_VERSION}"
 DEFAULT_IMAGE = f"ghcr.io/vllm-fleet/vllm-fleet:{IMAGE_TAG}"
+# The Gateway API Inference Extension's endpoint picker for gateway.mode inference-pool (issue 16):
+# v1.5.0, the last release of kubernetes-sigs/gateway-api-inference-extension that ships the EPP (v1.6.0
+# moved it to llm-d/llm-d-router and kept the InferencePool API, inference.networking.k8s.io/v1).
+EPP_IMAGE = "registry.k8s.io/gateway-api-inference-extension/epp:v1.5.0"

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from vllm_fleet.versions import DEFAULT_IMAGE
+from vllm_fleet.versions import DEFAULT_IMAGE, EPP_IMAGE
 from vllm_fleet.weights.sources import SCHEMES
 
 # The one list of schemes is the sources registry (the spec must accept exactly what stage can open).
@@ -242,12 +242,24 @@ class ScalingSpec(_Strict):
 
 
 class GatewaySpec(_Strict):
-    """Optional Gateway API Gateway + HTTPRoute in front of the Service."""
+    """Optional Gateway API Gateway + HTTPRoute in front of the Service, or of an InferencePool."""
 
     enabled: bool = False
     class_name: str = Field("gke-l7-regional-external-managed", description="GatewayClass to use")
     hostname: str | None = None
     port: int = Field(80, gt=0, lt=65536)
+    mode: Literal["service", "inference-pool"] = Field(
+        "service",
+        description="service: the HTTPRoute sends to the Service (the router, or the engines); inference-pool: "
+        "to an InferencePool of the engine pods whose endpoint picker chooses the replica (Gateway API Inference "
+        "Extension: the gateway must implement it; needs router.enabled false)",
+    )
+    epp_image: str = Field(EPP_IMAGE, description="inference-pool: the endpoint picker's image")
+    epp_failure_mode: Literal["FailOpen", "FailClose"] = Field(
+        "FailOpen",
+        description="inference-pool: when the endpoint picker does not answer, the gateway picks a pod itself "
+        "(FailOpen) or rejects the request (FailClose)",
+    )
 
 
 ROUTER_POLICIES = ("prefix", "least-load", "round-robin", "session")
@@ -335,6 +347,18 @@ class FleetSpec(_Strict):
                 f"resources.gpus={res.gpus} per node but engine.tensor_parallel_size x "
                 f"engine.pipeline_parallel_size / resources.nodes = {world} / {nodes} = {world // nodes}; "
                 f"set resources.gpus: {world // nodes}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_picker(self) -> FleetSpec:
+        """The endpoint picker chooses the replica: a router behind it would choose again (issue 16)."""
+        gw = self.gateway
+        if gw.enabled and gw.mode == "inference-pool" and self.router.enabled:
+            raise ValueError(
+                "gateway.mode 'inference-pool' lets the endpoint picker choose the replica, but router.enabled is "
+                "true (the router would choose again, and the gateway could not reach the engines); set "
+                "router.enabled: false, or gateway.mode: service to keep the router"
             )
         return self
 

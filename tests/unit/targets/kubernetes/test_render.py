@@ -25,7 +25,7 @@ CRDS = ROOT / "tests" / "data" / "crds"
 # The oldest version we promise (native sidecars are on by default from 1.29) and the newest the validator knows.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CUSTOM_KINDS = {"Gateway", "HTTPRoute", "PodMonitoring", "ServiceMonitor", "ScaledObject", "HealthCheckPolicy"}
-CUSTOM_KINDS |= {"PrometheusRule", "Rules", "LeaderWorkerSet"}  # issue 16
+CUSTOM_KINDS |= {"PrometheusRule", "Rules", "LeaderWorkerSet", "InferencePool"}  # issue 16
 
 
 def _envs(path: Path) -> list[str | None]:
@@ -110,6 +110,7 @@ def test_examples_cover_every_custom_kind() -> None:
         ("PrometheusRule", lambda o: o["spec"]["groups"][0]["rules"][0].update(for_="10m")),
         ("PrometheusRule", lambda o: o["spec"]["groups"][0]["rules"][0].update({"for": "ten minutes"})),
         ("Rules", lambda o: o["spec"]["groups"][0].pop("interval")),
+        ("InferencePool", lambda o: o["spec"]["endpointPickerRef"].update(failureMode="open")),
     ],
 )
 def test_validation_is_strict_enough_to_fail(kind: str, mutate) -> None:

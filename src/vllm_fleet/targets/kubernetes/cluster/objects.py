@@ -29,13 +29,14 @@ CUSTOM_RESOURCES: dict[tuple[str, str], str] = {
     ("monitoring.coreos.com", "PrometheusRule"): "prometheusrules",
     ("monitoring.googleapis.com", "Rules"): "rules",
     ("leaderworkerset.x-k8s.io", "LeaderWorkerSet"): "leaderworkersets",
+    ("inference.networking.k8s.io", "InferencePool"): "inferencepools",
 }
 # Apply order (the dependency order); deletion runs it backwards. Unknown kinds go last.
 APPLY_ORDER = (
     "Namespace", "ServiceAccount", "StorageClass", "PersistentVolume", "PersistentVolumeClaim", "Secret",
     "ConfigMap", "Role", "RoleBinding", "Job", "Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget",
     "NetworkPolicy", "HorizontalPodAutoscaler", "ScaledObject", "PodMonitoring", "ServiceMonitor", "PrometheusRule",
-    "Rules", "Gateway", "HTTPRoute", "HealthCheckPolicy",
+    "Rules", "InferencePool", "Gateway", "HTTPRoute", "HealthCheckPolicy",
 )  # fmt: skip
 CLUSTER_SCOPED = frozenset({"Namespace", "StorageClass", "PersistentVolume", "CustomResourceDefinition"})
 

@@ -176,6 +176,7 @@ def _feature_key(kind: str) -> str:
         "Gateway": "gateway.enabled",
         "HTTPRoute": "gateway.enabled",
         "HealthCheckPolicy": "gateway.enabled",
+        "InferencePool": "gateway.mode",
     }.get(kind, "the key that renders it")
 
 

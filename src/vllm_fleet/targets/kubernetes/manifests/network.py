@@ -15,6 +15,7 @@ from vllm_fleet.targets.kubernetes.manifests.objects import (
 )
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
+INFERENCE_GROUP = "inference.networking.k8s.io"  # the Gateway API Inference Extension's InferencePool
 # Namespaces the scrapers run in, let through the NetworkPolicy to read /metrics.
 SCRAPER_NAMESPACE = {"podmonitoring": "gmp-system", "servicemonitor": "monitoring"}
 
@@ -68,13 +69,7 @@ def network_policy(plan: Plan) -> Obj:
     It covers the pods clients reach: the router's when it is enabled (the engines then get their own
     policy, router.py's ``engine_policy``), else the engines'.
     """
-    k8s = plan.spec.kubernetes
-    namespaces = set(k8s.allowed_namespaces)
-    if plan.spec.monitoring.scraper in SCRAPER_NAMESPACE:
-        namespaces.add(SCRAPER_NAMESPACE[plan.spec.monitoring.scraper])
-    peers: list[Obj] = [{"podSelector": {}}]
-    peers += [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}} for ns in sorted(namespaces)]
-    peers += [{"ipBlock": {"cidr": cidr}} for cidr in k8s.allowed_cidrs]
+    k8s, peers = plan.spec.kubernetes, client_peers(plan)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -89,6 +84,18 @@ def network_policy(plan: Plan) -> Obj:
             ],
         },
     }
+
+
+def client_peers(plan: Plan) -> list[Obj]:
+    """Who may connect as a client: the namespace's pods, the scraper's and named namespaces, named CIDRs."""
+    k8s = plan.spec.kubernetes
+    namespaces = set(k8s.allowed_namespaces)
+    if plan.spec.monitoring.scraper in SCRAPER_NAMESPACE:
+        namespaces.add(SCRAPER_NAMESPACE[plan.spec.monitoring.scraper])
+    peers: list[Obj] = [{"podSelector": {}}]
+    peers += [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}} for ns in sorted(namespaces)]
+    peers += [{"ipBlock": {"cidr": cidr}} for cidr in k8s.allowed_cidrs]
+    return peers
 
 
 def group_peers(plan: Plan) -> list[Obj]:
@@ -114,7 +121,7 @@ def deny_ingress(plan: Plan, component: str) -> Obj:
 
 
 def gateway(plan: Plan) -> list[Obj]:
-    """Gateway API Gateway + HTTPRoute to the Service."""
+    """Gateway API Gateway + HTTPRoute to the Service, or to the InferencePool (gateway.mode, issue 16)."""
     gw = plan.spec.gateway
     listener: Obj = {"name": "http", "protocol": "HTTP", "port": gw.port}
     if gw.hostname:
@@ -125,7 +132,7 @@ def gateway(plan: Plan) -> list[Obj]:
         route["hostnames"] = [gw.hostname]
     route["rules"] = [{
         "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-        "backendRefs": [{"name": plan.name, "port": plan.spec.kubernetes.port}],
+        "backendRefs": [_backend(plan)],
     }]  # fmt: skip
     objects = [
         {"apiVersion": GATEWAY_API, "kind": "Gateway", "metadata": meta(plan, plan.name),
@@ -137,15 +144,30 @@ def gateway(plan: Plan) -> list[Obj]:
     return objects
 
 
+def inference_pool_mode(plan: Plan) -> bool:
+    """The Gateway sends to an InferencePool and its endpoint picker (inference.py), not to the Service."""
+    return plan.spec.gateway.enabled and plan.spec.gateway.mode == "inference-pool"
+
+
+def _backend(plan: Plan) -> Obj:
+    if inference_pool_mode(plan):  # the pool's targetPorts say where; a port here is refused by implementations
+        return {"group": INFERENCE_GROUP, "kind": "InferencePool", "name": plan.name}
+    return {"name": plan.name, "port": plan.spec.kubernetes.port}
+
+
 def _gke_health_check(plan: Plan) -> Obj:
     """GKE's Gateway health-checks `/` by default; vLLM answers 404 there, so every backend looks down."""
     http = {"requestPath": "/health", "port": plan.spec.kubernetes.port}
+    default: Obj = {"config": {"type": "HTTP", "httpHealthCheck": http}}
+    target = {"group": "", "kind": "Service", "name": plan.name}
+    if inference_pool_mode(plan):
+        # GKE health-checks the pool's pods; 2 s instead of 5 s switches faster while the picker rolls out
+        # (the Inference Extension's chart, config/charts/inferencepool/templates/gke.yaml at v1.5.0)
+        default = {"timeoutSec": 2, "checkIntervalSec": 2} | default
+        target = {"group": INFERENCE_GROUP, "kind": "InferencePool", "name": plan.name}
     return {
         "apiVersion": "networking.gke.io/v1",
         "kind": "HealthCheckPolicy",
         "metadata": meta(plan, plan.name),
-        "spec": {
-            "default": {"config": {"type": "HTTP", "httpHealthCheck": http}},
-            "targetRef": {"group": "", "kind": "Service", "name": plan.name},
-        },
+        "spec": {"default": default, "targetRef": target},
     }

@@ -13,6 +13,10 @@ from vllm_fleet.plan import Plan
 Obj = dict[str, Any]
 # Writable scratch for every container: the root filesystem is read-only, HOME points here.
 TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+# Where in-cluster clients (lightkube's KubeConfig.from_service_account, client-go's rest.InClusterConfig)
+# read the token, CA and namespace.
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_EXPIRY_S = 3600  # the kubelet rotates it at 80 % of this; the clients re-read the token file
 # The label LeaderWorkerSet puts on every pod: its index in the group (lws api/leaderworkerset/v1).
 LWS_WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
 
@@ -139,3 +143,25 @@ def _from_secret(key: str, secret: str) -> Obj:
 def service_account_name(plan: Plan) -> str:
     """The ServiceAccount the pods run as (rendered by us)."""
     return plan.spec.kubernetes.service_account or plan.name
+
+
+def api_token_volume() -> Obj:
+    """What automounting would mount (token, CA, namespace), as an explicit projected volume with a short expiry.
+
+    https://kubernetes.io/docs/concepts/storage/projected-volumes/#serviceaccounttoken : only the pods
+    that call the API (the router, the endpoint picker) mount one; the others keep automountServiceAccountToken
+    false.
+    """
+    return {
+        "name": "api-token",
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRY_S}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [
+                    {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+                ]}},
+            ],
+        },
+    }  # fmt: skip

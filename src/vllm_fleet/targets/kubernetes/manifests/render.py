@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from vllm_fleet.plan import Plan
-from vllm_fleet.targets.kubernetes.manifests import alerts, lws, monitoring, network, router, scaling
+from vllm_fleet.targets.kubernetes.manifests import alerts, inference, lws, monitoring, network, router, scaling
 from vllm_fleet.targets.kubernetes.manifests.objects import Obj
 from vllm_fleet.targets.kubernetes.manifests.storage import storage_parts
 from vllm_fleet.targets.kubernetes.manifests.workload import deployment
@@ -30,6 +30,8 @@ def render(plan: Plan) -> list[Obj]:
     if spec.router.enabled:  # the router adds objects; without it the output is what it was before the router
         objects += router.manifests(plan)
     objects += scaling.autoscaler(plan)
+    if network.inference_pool_mode(plan):  # the pool and its endpoint picker, which the HTTPRoute sends to
+        objects += inference.manifests(plan)
     if spec.gateway.enabled:
         objects += network.gateway(plan)
     objects += monitoring.scraper(plan)

@@ -15,7 +15,9 @@ from vllm_fleet.plan.budgets import ROUTER_PRESTOP_SLEEP_S
 from vllm_fleet.targets.kubernetes.manifests.network import SCRAPER_NAMESPACE, group_peers
 from vllm_fleet.targets.kubernetes.manifests.objects import (
     TMP_MOUNT,
+    TOKEN_DIR,
     Obj,
+    api_token_volume,
     container_security,
     endpoint_selector,
     engine_service_name,
@@ -27,9 +29,6 @@ from vllm_fleet.targets.kubernetes.manifests.objects import (
 )
 
 RBAC_API = "rbac.authorization.k8s.io/v1"
-# Where in-cluster clients (lightkube's KubeConfig.from_service_account) read the token, CA and namespace.
-TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-TOKEN_EXPIRY_S = 3600  # the kubelet rotates it at 80 % of this; lightkube re-reads the token file
 # Long enough for kube-proxy and the Gateway to take a terminating router pod out of rotation
 # before it stops accepting connections (its own SIGTERM handling then finishes what is in flight);
 # the Plan counts it in the router's grace period.
@@ -132,7 +131,7 @@ def deployment(plan: Plan) -> Obj:
             "labelSelector": {"matchLabels": router_selector(plan)},
         }],
         "containers": [_container(plan)],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, _token_volume()],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, api_token_volume()],
     }  # fmt: skip
     return {
         "apiVersion": "apps/v1",
@@ -177,27 +176,6 @@ def _container(plan: Plan) -> Obj:
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}},
         "volumeMounts": [TMP_MOUNT, {"name": "api-token", "mountPath": TOKEN_DIR, "readOnly": True}],
         "securityContext": container_security(),
-    }  # fmt: skip
-
-
-def _token_volume() -> Obj:
-    """What automounting would mount (token, CA, namespace), as an explicit projected volume with a short expiry.
-
-    https://kubernetes.io/docs/concepts/storage/projected-volumes/#serviceaccounttoken : only this pod
-    mounts a token, the other pods of the spec keep automountServiceAccountToken false.
-    """
-    return {
-        "name": "api-token",
-        "projected": {
-            "defaultMode": 0o444,
-            "sources": [
-                {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRY_S}},
-                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [
-                    {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
-                ]}},
-            ],
-        },
     }  # fmt: skip
 
 
