@@ -88,9 +88,12 @@ def up(
     else:
         print_reports(outcome.reports)
         for r in outcome.started.replicas:
-            where = f"{r.url}/v1" if r.url.startswith("http") else r.url
             log = f", log {r.log}" if r.log else ""
-            console.print(f"endpoint: {where}  (model {plan.served_name!r}{log})", soft_wrap=True)
+            name = f"replica {r.index}" if r.role == "engine" else r.role
+            console.print(f"{name}: {r.url}{log}", soft_wrap=True)
+        for url in outcome.endpoints:
+            where = f"{url}/v1" if url.startswith("http") else url
+            console.print(f"endpoint: {where}  (model {plan.served_name!r})", soft_wrap=True)
         console.print(f"stop with: vllm-fleet down {spec}" + (f" --env {env}" if env else ""), soft_wrap=True)
     if not outcome.passed:
         raise typer.Exit(1)
@@ -140,7 +143,8 @@ def status(
         console.print("not running")
     for s in rows:
         pid = f" pid {s.replica.pid}" if s.replica.pid is not None else ""
-        console.print(f"replica {s.replica.index}: {s.replica.url}{pid} {s.state}")
+        name = f"replica {s.replica.index}" if s.replica.role == "engine" else s.replica.role
+        console.print(f"{name}: {s.replica.url}{pid} {s.state}")
     if rows and not all(s.healthy for s in rows):
         raise typer.Exit(1)
 

@@ -5,7 +5,10 @@
     down        stop everything ``up`` started
     status      each replica's state
     endpoints   URLs that reach the replicas from here, for verify and bench (a context manager:
-                the Kubernetes target holds a port-forward open for as long as it is entered)
+                the Kubernetes target holds a port-forward open for as long as it is entered);
+                where clients connect (the router), or ``direct``: each replica itself
+    publish     make verified replicas routable (the local router's registry; in a cluster, pod
+                readiness does it and this does nothing)
     restart     replace the replicas one at a time
     doctor      what is wrong, with the evidence and the fix
 
@@ -52,11 +55,12 @@ class ReplicaStatus:
     healthy: bool
     left_behind: int = 0  # processes of a dead replica still running (its engine's children)
     problem: str | None = None  # what is wrong, when the target can tell (a pod's crash loop, ...)
+    routed: str | None = None  # the router's view of it (healthy, unhealthy, ejected, draining, not routed)
 
     @property
     def state(self) -> str:
         if self.healthy:
-            return "healthy"
+            return "healthy" + (f", router: {self.routed}" if self.routed else "")
         if self.problem:
             return f"{'alive' if self.alive else 'not running'}: {self.problem}"
         if self.alive:
@@ -67,7 +71,8 @@ class ReplicaStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.replica.url, "pid": self.replica.pid, "alive": self.alive, "healthy": self.healthy,
-                "left_behind": self.left_behind, "problem": self.problem}  # fmt: skip
+                "left_behind": self.left_behind, "problem": self.problem, "role": self.replica.role,
+                "routed": self.routed}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,10 @@ class Target(ABC):
     async def status(self) -> list[ReplicaStatus]: ...
 
     @abstractmethod
-    def endpoints(self) -> AbstractAsyncContextManager[list[str]]: ...
+    def endpoints(self, direct: bool = False) -> AbstractAsyncContextManager[list[str]]: ...
+
+    async def publish(self, report: Reporter = QUIET) -> None:  # noqa: B027 (a hook: most targets need nothing)
+        """Make the verified replicas routable (a target whose router follows readiness needs nothing)."""
 
     @abstractmethod
     async def restart(self, report: Reporter = QUIET) -> UpResult: ...
