@@ -170,12 +170,15 @@ class Proxy:
 
     def _none_available(self, facts: RequestFacts) -> web.Response:
         known = sorted({m for b in self.pool.backends.values() for m in b.models})
-        if facts.model is not None and facts.model not in known:
+        # Unknown only when every backend has said what it serves: a backend never yet healthy (its
+        # models unknown) may serve it, so that is a 503, not a 404.
+        told = all(b.models for b in self.pool.backends.values())
+        if facts.model is not None and facts.model not in known and told:
             listed = ", ".join(known) or "none yet"
-            self.metrics.requests.labels(facts.model, "", "404").inc()
+            self.metrics.requests.labels("", "", "404").inc()  # not the name: a client's typos must not grow /metrics
             return json_error(f"model {facts.model!r} is not served here; known models: {listed}", 404, "NotFound")
         wait = str(self.pool.retry_after_s())
-        self.metrics.requests.labels(facts.model or "", "", "503").inc()
+        self.metrics.requests.labels(facts.model if facts.model in known else "", "", "503").inc()
         return json_error(
             "no healthy backend can take this request now", 503, "ServiceUnavailable", **{"Retry-After": wait}
         )
