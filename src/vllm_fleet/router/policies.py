@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 from vllm_fleet.router.backends import Backend
@@ -48,7 +49,9 @@ def bounded_rendezvous(backends: Sequence[Backend], first: int, then: int) -> Ba
     if len(backends) == 1:
         return backends[0]
     total = sum(b.in_flight for b in backends)
-    bound = BOUND * (total + 1) / len(backends)
+    # The paper's capacity is the ceiling: without it the bound is below 1 at idle (1.25 / n), and under
+    # even load below the common count + 1, so the prefix's own backend would never be chosen.
+    bound = math.ceil(BOUND * (total + 1) / len(backends))
     best = max(backends, key=lambda b: _score(first, b.seed))
     if best.in_flight + 1 <= bound:
         return best
