@@ -99,6 +99,61 @@ def up(
         raise typer.Exit(1)
 
 
+def restart(
+    spec: str = SpecArg,
+    env: str | None = EnvOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Replace the replicas one at a time (the spec as it is now), each drained through the router first."""
+    from vllm_fleet.cli.live import LiveReporter
+    from vllm_fleet.ops import lifecycle
+    from vllm_fleet.plan import load_plan
+    from vllm_fleet.targets.base import QUIET
+
+    with errors(as_json):
+        plan = load_plan(spec, env)
+        report = QUIET if as_json else LiveReporter(console, f"restarting {plan.name}")
+        try:
+            result = run(lifecycle.restart(plan, report, _options(kubeconfig, context)))
+        finally:
+            if isinstance(report, LiveReporter):
+                report.close()
+    if as_json:
+        print_json({"replicas": [r.to_dict() for r in result.replicas]})
+        return
+    for r in result.replicas:
+        console.print(f"replica {r.index}: {r.url} (new, verified, routed)", soft_wrap=True)
+
+
+def logs(
+    spec: str = SpecArg,
+    env: str | None = EnvOpt,
+    replica: int | None = typer.Option(None, "--replica", "-r", help="Only this replica's log."),
+    router: bool = typer.Option(False, "--router", help="Only the router's log."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing what is appended."),
+    lines: int = typer.Option(40, "--lines", "-n", min=0, help="Lines of each log to show first."),
+) -> None:
+    """The engines' and the router's logs (local target)."""
+    from vllm_fleet.cli.follow import follow_logs
+    from vllm_fleet.plan import load_plan
+    from vllm_fleet.targets import target_for
+
+    with errors():
+        found = target_for(load_plan(spec, env)).logs()
+        wanted = [
+            (name, path) for name, path in found
+            if (replica is None and not router) or name == (f"replica {replica}" if replica is not None else "router")
+        ]  # fmt: skip
+        if not wanted:
+            console.print(
+                "no log: not running" if not found else "no such log; these exist: " + ", ".join(n for n, _ in found)
+            )
+            raise typer.Exit(1)
+        follow_logs(wanted, lines, follow)
+
+
 def down(
     spec: str = SpecArg,
     env: str | None = EnvOpt,
@@ -196,3 +251,5 @@ def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command()(down)
     app.command()(status)
+    app.command()(restart)
+    app.command()(logs)

@@ -115,6 +115,11 @@ async def down(plan: Plan, *, purge: bool = False, options: TargetOptions | None
     return await target_for(plan, options).down(purge=purge)
 
 
+async def restart(plan: Plan, report: Reporter = QUIET, options: TargetOptions | None = None) -> UpResult:
+    """Replace the replicas one at a time with the spec as it is now, dropping no request."""
+    return await target_for(plan, options).restart(report)
+
+
 async def status(plan: Plan, options: TargetOptions | None = None) -> list[ReplicaStatus]:
     """Each replica of ``plan`` and its state."""
     return await target_for(plan, options).status()

@@ -4,6 +4,8 @@
     process.py  spawn in a new session, recognise our groups (pids get reused), stop whole groups
     health.py   wait until each replica answers /health, with the log's tail when one fails
     routing.py  the router in front of the replicas (``router.enabled``): start it, publish to it
+    supervisor.py  the background process that restarts a crashed replica
+    rolling.py  restart: replace the replicas one at a time, draining each through the router
 
 ``up`` stages the weights into the cache, then starts every replica (prefetching the
 weights into the page cache beside vLLM's start when ``local.prefetch``) and the router
@@ -36,9 +38,9 @@ from vllm_fleet.targets.base import (
     UpResult,
     not_built,
 )
-from vllm_fleet.targets.local import process, routing
+from vllm_fleet.targets.local import process, rolling, routing, supervisor
 from vllm_fleet.targets.local.health import wait_healthy
-from vllm_fleet.targets.local.state import ProcessRecord, clear_state, read_state, write_state
+from vllm_fleet.targets.local.state import ProcessRecord, add_record, clear_state, read_state, write_state
 from vllm_fleet.weights import cache
 from vllm_fleet.weights.prefetch import PrefetchHandle, PrefetchResult, start_prefetch
 from vllm_fleet.weights.stage import stage_async
@@ -57,7 +59,8 @@ class LocalTarget(Target):
         if alive := self.running():
             raise TargetError(
                 f"{plan.name} is already running ({len(alive)} replica(s), first at {alive[0].url})",
-                fix=f"use it, or stop it first: vllm-fleet down SPEC{' --env ' + plan.env if plan.env else ''}",
+                fix="use it; `vllm-fleet restart SPEC` applies changed settings one replica at a time without "
+                f"dropping a request; or stop it: vllm-fleet down SPEC{' --env ' + plan.env if plan.env else ''}",
             )
         installed = engine.installed_engine()
         findings.append(Finding("engine", "pass", f"{installed.distribution} {installed.version}"))
@@ -106,12 +109,14 @@ class LocalTarget(Target):
                 proc = process.spawn(argv, env, log)
                 procs.append(proc)
                 ticks = process.start_ticks(proc.pid) or 0
-                records.append(ProcessRecord("engine", index, proc.pid, ticks, port, plan.url_of(port), str(log)))
+                records.append(ProcessRecord("engine", index, proc.pid, ticks, port, plan.url_of(port), str(log), argv))
                 write_state(plan.run_dir, records)
                 report.replica(index, plan.url_of(port), "starting")
             if plan.router_port is not None:
                 await self._start_router(records)
             await wait_healthy(records[: len(procs)], procs, plan.spec.local.start_timeout_s, report)
+            if plan.spec.local.supervise:
+                self._start_supervisor(env)
         except BaseException:
             groups = [r.pid for r in records]
             for r in records:
@@ -138,19 +143,30 @@ class LocalTarget(Target):
         write_state(plan.run_dir, records)
         await routing.wait_listening(url, proc, str(log))
 
+    def _start_supervisor(self, env: dict[str, str]) -> None:
+        """The background process that restarts a crashed replica (it outlives this command)."""
+        run_dir = self.plan.run_dir
+        log = run_dir / "supervisor.log"
+        proc = process.spawn(supervisor.command(run_dir), env, log)
+        ticks = process.start_ticks(proc.pid) or 0
+        add_record(run_dir, ProcessRecord("supervisor", 0, proc.pid, ticks, 0, "", str(log)))
+
     async def publish(self, report: Reporter = QUIET) -> None:
         if self.plan.router_port is None:
             return
         report.phase("routing: registering the verified replicas with the router")
-        await routing.publish(self.plan, self.plan.url_of(self.plan.router_port))
+        engines = [r.url for r in read_state(self.plan.run_dir) if r.role == "engine"]
+        await routing.publish(self.plan, self.plan.url_of(self.plan.router_port), engines)
 
     async def down(self, purge: bool = False) -> list[Replica]:
         records = read_state(self.plan.run_dir)
         ours = [r for r in records if process.is_ours(r.pid, r.start_ticks)]
+        # The supervisor first: it must not restart the replicas being stopped.
+        await process.stop_groups([r.pid for r in ours if r.role == "supervisor"])
         router = next((r.url for r in ours if r.role == "router"), None)
         if self.plan.router_port is not None or router:
             await routing.unpublish(self.plan, router)
-        await process.stop_groups([r.pid for r in ours])
+        await process.stop_groups([r.pid for r in ours if r.role != "supervisor"])
         clear_state(self.plan.run_dir)
         return [r.replica for r in ours if r.role == "engine"]
 
@@ -165,7 +181,10 @@ class LocalTarget(Target):
                 healthy = alive and await is_healthy(client, r.url)
                 left = 0 if alive or not process.is_ours(r.pid, r.start_ticks) else len(process.group_members(r.pid))
                 seen = (view.get(r.url, "not routed") if view else "router unreachable") if router else None
-                out.append(ReplicaStatus(r.replica, alive, healthy, left, routed=seen if r.role == "engine" else None))
+                if r.role == "supervisor":
+                    healthy = alive  # it serves nothing: alive is all it can be
+                routed = seen if r.role == "engine" else None
+                out.append(ReplicaStatus(r.replica, alive, healthy, left, routed=routed, restarts=r.restarts))
         return out
 
     @asynccontextmanager
@@ -180,8 +199,12 @@ class LocalTarget(Target):
         else:
             yield router or engines or self.plan.endpoints
 
+    def logs(self) -> list[tuple[str, str]]:
+        records = read_state(self.plan.run_dir)
+        return [(f"replica {r.index}" if r.role == "engine" else r.role, r.log) for r in records]
+
     async def restart(self, report: Reporter = QUIET) -> UpResult:
-        raise not_built("local", "restart", "vllm-fleet down SPEC, then vllm-fleet up SPEC")
+        return UpResult(await rolling.restart(self.plan, report))
 
     async def doctor(self) -> list[Diagnosis]:
         raise not_built("local", "doctor", "read the replica logs under the run dir (vllm-fleet status SPEC)")

@@ -59,14 +59,15 @@ async def wait_listening(url: str, proc: subprocess.Popen, log: str) -> None:
             await asyncio.sleep(0.1)
 
 
-async def publish(plan: Plan, router_url: str) -> None:
-    """Register the plan's replicas, have the router read the registry now, and wait until it routes to them."""
+async def publish(plan: Plan, router_url: str, replicas: list[str]) -> None:
+    """Register ``replicas`` as the plan's deployment (replacing what it had), have the router read the
+    registry now, and wait until it routes to every one of them."""
     from vllm_fleet.registry import Deployment, open_registry
 
-    deployment = Deployment(plan.name, plan.served_name, tuple(plan.replica_urls), plan.spec.router.policy)
+    deployment = Deployment(plan.name, plan.served_name, tuple(replicas), plan.spec.router.policy)
     async with await open_registry(plan.registry_url) as registry:
         await registry.register(deployment)
-    wanted = set(plan.replica_urls)
+    wanted = set(replicas)
     deadline = time.monotonic() + ROUTABLE_TIMEOUT_S
     async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
         await client.post(f"{router_url}/admin/registry/reload")
