@@ -1,7 +1,8 @@
 """The router's HTTP server: its own paths, everything else proxied.
 
 Own paths: ``/health`` (200 while a backend can take requests, else 503), ``/metrics``
-(the router's), ``GET /v1/models`` (merged over the backends), ``/admin/...`` (admin.py).
+(the router's), ``GET /v1/models`` (merged over the backends), ``/admin/...`` (admin.py), ``GET /`` (the
+chat page, chat.py).
 Every other path goes to a backend: POSTs with a JSON body are routed by their ``model``
 (paths under /v1/ must name one), the rest to any available backend.
 
@@ -22,7 +23,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from vllm_fleet.router import admin
+from vllm_fleet.router import admin, chat
 from vllm_fleet.router.access import RegistryLink
 from vllm_fleet.router.backends import Pool
 from vllm_fleet.router.body import NO_FACTS, BodyError, read_facts
@@ -122,6 +123,8 @@ class Router:
         if path == "/v1/models" and request.method == "GET":
             cards = list(self.pool.models().values())
             return web.json_response({"object": "list", "data": cards})
+        if chat.is_page(request):
+            return chat.page(request)
         return await self._proxy(request, started)
 
     async def _proxy(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
