@@ -75,6 +75,7 @@ class Reset:
     partial: bytes = b'{"id":"f","choi'
     declared: int = 4096
     after_s: float = 0.2  # between the partial body and the reset (a RST can discard unread data)
+    head: bool = True  # False: reset as soon as the request has arrived, before any byte of an answer
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,9 @@ class FaultServer:
             return True
         if isinstance(action, Stream):
             return await self._stream(request, action, reader, writer)
+        if isinstance(action, Reset) and not action.head:
+            _reset(writer)
+            return False
         if isinstance(action, Reset):
             writer.write(_head(200, [("content-type", "application/json"), ("content-length", str(action.declared))]))
             writer.write(action.partial)

@@ -95,6 +95,9 @@ class Proxy:
                     return self._failed(request, facts, tried, why, started)
                 self.metrics.retries.labels("connect").inc()
                 continue
+            except BaseException:  # the client left while we waited for the head (handler cancelled): uncount it
+                self._done(backend, facts)
+                raise
             if upstream.status in RETRIED_STATUS and not last:
                 wait = retry_after(upstream.headers.get("retry-after"))
                 why = f"answered {upstream.status}"

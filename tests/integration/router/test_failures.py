@@ -38,6 +38,19 @@ def test_a_refused_connection_is_retried_on_another_backend() -> None:
         assert len(second.requests(PATH)) == 1
 
 
+def test_a_reset_before_the_answer_is_retried_on_another_backend() -> None:
+    with FaultServer() as first, FaultServer() as second:
+        first.script(PATH, Reset(head=False))
+
+        async def body() -> None:
+            async with routing(first.url, second.url, policy="round-robin") as router, client() as http:
+                status, _, headers = await send(http, router.url)
+                assert status == 200 and headers["x-vllm-fleet-backend"] == second.url
+
+        asyncio.run(body())
+        assert (len(first.requests(PATH)), len(second.requests(PATH))) == (1, 1)
+
+
 @pytest.mark.parametrize("status", [502, 503, 504])
 def test_a_5xx_gateway_answer_is_retried_on_another_backend(status: int) -> None:
     with FaultServer() as first, FaultServer() as second:

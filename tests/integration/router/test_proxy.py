@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.router.harness import chat, client, metric, post, routing, until
 from tests.servers.fake_engine import running
-from tests.servers.faults import Echo, FaultServer, Stream
+from tests.servers.faults import Echo, FaultServer, Hang, Stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -193,5 +193,24 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_upstream_request() -> 
                 assert state.failures == 0 and state.ejections == 0 and state.available(time.monotonic())
                 async with aiohttp.ClientSession() as http:
                     assert (await post(http, f"{router.url}/v1/chat/completions", chat()))[0] == 200
+
+        asyncio.run(body())
+
+
+def test_a_client_that_gives_up_before_the_first_byte_cancels_upstream_and_leaves_no_in_flight() -> None:
+    with FaultServer() as backend:
+        backend.always("/v1/chat/completions", Hang())  # a long prefill: nothing comes back for now
+
+        async def body() -> None:
+            async with routing(backend.url) as router:
+                for attempt in range(3):
+                    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as http:
+                        with pytest.raises(TimeoutError):
+                            await post(http, f"{router.url}/v1/chat/completions", chat())
+                    await until(lambda n=attempt: len(backend.closed) > n, 5.0, "the upstream request to be closed")
+                state = router.pool.backends[backend.url]
+                await until(lambda: state.in_flight == 0, 5.0, f"in_flight 0 (it is {state.in_flight})")
+                assert state.in_flight_tokens == 0 and router.metrics.in_flight._value.get() == 0
+                assert state.failures == 0  # the client left: not the backend's failure
 
         asyncio.run(body())
