@@ -191,6 +191,7 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_upstream_request() -> 
                     await until(lambda: router.pool.backends[backend.url].in_flight == 0, 5.0, "in_flight 0")
                 (state,) = router.pool.backends.values()
                 assert state.failures == 0 and state.ejections == 0 and state.available(time.monotonic())
+                backend.always("/v1/chat/completions", None)
                 async with aiohttp.ClientSession() as http:
                     assert (await post(http, f"{router.url}/v1/chat/completions", chat()))[0] == 200
 
