@@ -39,24 +39,27 @@ def test_restart_under_load_fails_no_request(demo_model: Path, tmp_path: Path) -
     try:
         before = fleet("bench", str(spec), *BENCH, "--num-prompts", "10", timeout=300)
         assert before.returncode == 0, before.stdout + before.stderr
-        bench = subprocess.Popen(
-            [CLI, "bench", str(spec), *BENCH, "--duration", "150"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        time.sleep(5)
-        started = time.monotonic()
-        restart = fleet("restart", str(spec), timeout=600)
-        took = time.monotonic() - started
-        out, err = bench.communicate(timeout=600)
-        assert restart.returncode == 0, restart.stdout + restart.stderr
-        assert bench.returncode in (0, 1), out + err  # 1 would be a failed request: checked below with figures
-        during, calm = json.loads(out), json.loads(before.stdout)
-        print(
-            f"restart took {took:.0f} s; during: {during['completed']} completed, {during['failed']} failed, "
-            f"p50 e2e {during['p50_e2el_ms']:.0f} ms, p99 {during['p99_e2el_ms']:.0f} ms; before: "
-            f"p50 {calm['p50_e2el_ms']:.0f} ms, p99 {calm['p99_e2el_ms']:.0f} ms"
+        # Back-to-back bench runs for as long as the restart takes (a CLI start between runs is the only gap).
+        restart = subprocess.Popen(
+            [CLI, "restart", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        assert during["failed"] == 0 and during["completed"] >= 100
+        started, runs = time.monotonic(), []
+        while restart.poll() is None:
+            run = fleet("bench", str(spec), *BENCH, "--duration", "20", timeout=300)
+            assert run.returncode in (0, 1), run.stdout + run.stderr  # 1: a failed request, counted below
+            runs.append(json.loads(run.stdout))
+        took = time.monotonic() - started
+        out, err = restart.communicate(timeout=60)
+        assert restart.returncode == 0, out + err
+        completed, failed = sum(r["completed"] for r in runs), sum(r["failed"] for r in runs)
+        calm = json.loads(before.stdout)
+        worst = max(r["p99_e2el_ms"] for r in runs if r["completed"])
+        print(
+            f"restart took {took:.0f} s; during it, {len(runs)} bench runs: {completed} completed, {failed} failed, "
+            f"p50 e2e {sorted(r['p50_e2el_ms'] for r in runs)[len(runs) // 2]:.0f} ms, worst p99 {worst:.0f} ms; "
+            f"before: p50 {calm['p50_e2el_ms']:.0f} ms, p99 {calm['p99_e2el_ms']:.0f} ms"
+        )
+        assert failed == 0 and completed >= 20
         assert not any(group_members(g) for g in old), "the replaced replicas must be stopped"
         new = state_pids(spec, "rolling")
         assert len(new) == 2 and not set(new) & set(old)

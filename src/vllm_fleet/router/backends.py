@@ -283,7 +283,10 @@ class Pool:
         if not ok:
             backend.last_error = why
         if healthy != backend.healthy:
-            log.warning("%s is now %s%s", backend.url, "healthy" if healthy else "unhealthy", "" if ok else f": {why}")
+            level = logging.INFO if healthy else logging.WARNING
+            log.log(
+                level, "%s is now %s%s", backend.url, "healthy" if healthy else "unhealthy", "" if ok else f": {why}"
+            )
             backend.healthy = healthy
             self.changed()
 

@@ -55,7 +55,7 @@ def test_the_load_header_is_asked_for_read_and_not_passed_to_the_client() -> Non
         assert asked == ["TEXT", "TEXT", "TEXT", "TEXT", None]
 
 
-def test_one_access_log_line_per_proxied_request(caplog: pytest.LogCaptureFixture) -> None:
+def test_one_access_log_line_per_request(caplog: pytest.LogCaptureFixture) -> None:
     with FaultServer() as backend:
 
         async def body() -> None:
@@ -66,5 +66,7 @@ def test_one_access_log_line_per_proxied_request(caplog: pytest.LogCaptureFixtur
         with caplog.at_level(logging.INFO, logger="vllm_fleet.router.access"):
             asyncio.run(body())
     lines = [r.getMessage() for r in caplog.records if r.name == "vllm_fleet.router.access"]
-    # Only the proxied one: the router's own refusals (here the 404) have no access line yet (left open).
-    assert len(lines) == 1 and f"POST {PATH}" in lines[0] and " 200 " in lines[0] and backend.url in lines[0], lines
+    # The proxied one names its backend; the router's own answer (the 404) has backend '-'.
+    assert len(lines) == 2, lines
+    assert f"POST {PATH}" in lines[0] and " 200 " in lines[0] and backend.url in lines[0], lines
+    assert " 404 " in lines[1] and "backend=- attempts=0" in lines[1], lines
