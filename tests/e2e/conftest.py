@@ -69,10 +69,10 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def state_pids(spec: Path, name: str) -> list[int]:
-    """Process-group leaders of the engine replicas `up` recorded for ``spec``."""
+def state_pids(spec: Path, name: str, role: str = "engine") -> list[int]:
+    """Process-group leaders of the engine replicas (or the router) `up` recorded for ``spec``."""
     state = spec.parent / "cache" / "run" / name / "state.json"
-    return [r["pid"] for r in json.loads(state.read_text())["processes"] if r["role"] == "engine"]
+    return [r["pid"] for r in json.loads(state.read_text())["processes"] if r["role"] == role]
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +86,8 @@ def served(demo_model: Path, tmp_path_factory: pytest.TempPathFactory):
     url = next(
         line.split()[1].removesuffix("/v1") for line in result.stdout.splitlines() if line.startswith("endpoint:")
     )
-    groups = state_pids(spec, "e2e")
-    assert all(group_members(g) for g in groups)
+    groups = state_pids(spec, "e2e") + state_pids(spec, "e2e", "router")
+    assert len(groups) == 2 and all(group_members(g) for g in groups)
     yield Served(spec, url, "smollm2", result.stdout)
     down = fleet("down", str(spec))
     assert down.returncode == 0 and "stopped 1 replica" in down.stdout, down.stdout + down.stderr

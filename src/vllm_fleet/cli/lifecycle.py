@@ -88,12 +88,70 @@ def up(
     else:
         print_reports(outcome.reports)
         for r in outcome.started.replicas:
-            where = f"{r.url}/v1" if r.url.startswith("http") else r.url
             log = f", log {r.log}" if r.log else ""
-            console.print(f"endpoint: {where}  (model {plan.served_name!r}{log})", soft_wrap=True)
+            name = f"replica {r.index}" if r.role == "engine" else r.role
+            console.print(f"{name}: {r.url}{log}", soft_wrap=True)
+        for url in outcome.endpoints:
+            where = f"{url}/v1" if url.startswith("http") else url
+            console.print(f"endpoint: {where}  (model {plan.served_name!r})", soft_wrap=True)
         console.print(f"stop with: vllm-fleet down {spec}" + (f" --env {env}" if env else ""), soft_wrap=True)
     if not outcome.passed:
         raise typer.Exit(1)
+
+
+def restart(
+    spec: str = SpecArg,
+    env: str | None = EnvOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Replace the replicas one at a time (the spec as it is now), each drained through the router first."""
+    from vllm_fleet.cli.live import LiveReporter
+    from vllm_fleet.ops import lifecycle
+    from vllm_fleet.plan import load_plan
+    from vllm_fleet.targets.base import QUIET
+
+    with errors(as_json):
+        plan = load_plan(spec, env)
+        report = QUIET if as_json else LiveReporter(console, f"restarting {plan.name}")
+        try:
+            result = run(lifecycle.restart(plan, report, _options(kubeconfig, context)))
+        finally:
+            if isinstance(report, LiveReporter):
+                report.close()
+    if as_json:
+        print_json({"replicas": [r.to_dict() for r in result.replicas]})
+        return
+    for r in result.replicas:
+        console.print(f"replica {r.index}: {r.url} (new, verified, routed)", soft_wrap=True)
+
+
+def logs(
+    spec: str = SpecArg,
+    env: str | None = EnvOpt,
+    replica: int | None = typer.Option(None, "--replica", "-r", help="Only this replica's log."),
+    router: bool = typer.Option(False, "--router", help="Only the router's log."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing what is appended."),
+    lines: int = typer.Option(40, "--lines", "-n", min=0, help="Lines of each log to show first."),
+) -> None:
+    """The engines' and the router's logs (local target)."""
+    from vllm_fleet.cli.follow import follow_logs
+    from vllm_fleet.plan import load_plan
+    from vllm_fleet.targets import target_for
+
+    with errors():
+        found = target_for(load_plan(spec, env)).logs()
+        wanted = [
+            (name, path) for name, path in found
+            if (replica is None and not router) or name == (f"replica {replica}" if replica is not None else "router")
+        ]  # fmt: skip
+        if not wanted:
+            console.print(
+                "no log: not running" if not found else "no such log; these exist: " + ", ".join(n for n, _ in found)
+            )
+            raise typer.Exit(1)
+        follow_logs(wanted, lines, follow)
 
 
 def down(
@@ -140,7 +198,8 @@ def status(
         console.print("not running")
     for s in rows:
         pid = f" pid {s.replica.pid}" if s.replica.pid is not None else ""
-        console.print(f"replica {s.replica.index}: {s.replica.url}{pid} {s.state}")
+        name = f"replica {s.replica.index}" if s.replica.role == "engine" else s.replica.role
+        console.print(f"{name}: {s.replica.url}{pid} {s.state}")
     if rows and not all(s.healthy for s in rows):
         raise typer.Exit(1)
 
@@ -192,3 +251,5 @@ def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command()(down)
     app.command()(status)
+    app.command()(restart)
+    app.command()(logs)

@@ -1,9 +1,9 @@
 """preflight, up, down, status and doctor of a Plan, the same flow for every target.
 
-``up`` = preflight -> target.up -> endpoints -> verify (-> register with the router, to come).
+``up`` = preflight -> target.up -> verify each replica -> publish (register with the router).
 A failed preflight check stops before anything starts or is written; a failed verify leaves
-the replicas running (the person looks at them) and is reported, not raised. The latency
-check is the one the target measures where its clients are, when it measures one.
+the replicas running but unrouted (the person looks at them) and is reported, not raised. The
+latency check is the one the target measures where its clients are, when it measures one.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class UpOutcome:
     started: UpResult
     reports: list[VerifyReport] = field(default_factory=list)
     verified: bool = False
+    endpoints: list[str] = field(default_factory=list)  # where clients connect (the router, when there is one)
 
     @property
     def passed(self) -> bool:
@@ -44,7 +45,8 @@ class UpOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "endpoints": [r.url for r in self.started.replicas],
+            "endpoints": self.endpoints,
+            "replicas": [r.url for r in self.started.replicas],
             "verified": self.verified,
             "preflight": [f.to_dict() for f in self.preflight],
             **self.started.extra,
@@ -81,12 +83,17 @@ async def up(
     started = await target.up(report)
     for note in started.notes:
         report.line(note)
-    if not verify:
-        return UpOutcome(findings, started)
-    async with target.endpoints() as urls:
-        reports = await verify_all(urls, VerifySettings.of(plan), progress=report.phase)
-    reports = await measured_where_clients_are(target, reports, report)
-    return UpOutcome(findings, started, reports, verified=all(r.passed for r in reports))
+    if verify:
+        async with target.endpoints(direct=True) as urls:
+            reports = await verify_all(urls, VerifySettings.of(plan), progress=report.phase)
+        reports = await measured_where_clients_are(target, reports, report)
+    else:
+        reports = []
+    verified = bool(reports) and all(r.passed for r in reports)
+    if verified or not verify:
+        await target.publish(report)
+    async with target.endpoints() as endpoints:
+        return UpOutcome(findings, started, reports, verified=verified, endpoints=endpoints)
 
 
 async def measured_where_clients_are(
@@ -106,6 +113,11 @@ async def measured_where_clients_are(
 async def down(plan: Plan, *, purge: bool = False, options: TargetOptions | None = None) -> list[Replica]:
     """Stop everything ``up`` started for ``plan``; returns what was running (or deleted)."""
     return await target_for(plan, options).down(purge=purge)
+
+
+async def restart(plan: Plan, report: Reporter = QUIET, options: TargetOptions | None = None) -> UpResult:
+    """Replace the replicas one at a time with the spec as it is now, dropping no request."""
+    return await target_for(plan, options).restart(report)
 
 
 async def status(plan: Plan, options: TargetOptions | None = None) -> list[ReplicaStatus]:

@@ -33,7 +33,8 @@ class Plan:
     cache_root: Path
     model_dir: Path
     run_dir: Path
-    ports: tuple[int, ...]
+    ports: tuple[int, ...]  # the replicas' (local)
+    router_port: int | None  # local: where the router serves, in front of the replicas (None: no router)
     model_bytes: int | None
     derived: dict[str, Derived] = field(default_factory=dict)
     lint: tuple[str, ...] = ()
@@ -48,7 +49,24 @@ class Plan:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://{self.spec.local.host}:{port}" for port in self.ports]
+        """Where clients connect (local): the router, or each replica when there is none."""
+        if self.router_port is not None:
+            return [self.url_of(self.router_port)]
+        return self.replica_urls
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return [self.url_of(port) for port in self.ports]
+
+    def url_of(self, port: int) -> str:
+        return f"http://{self.spec.local.host}:{port}"
+
+    @property
+    def registry_url(self) -> str:
+        """The router's registry: the spec's, or SQLite under the cache root (shared by the specs using it)."""
+        from vllm_fleet.registry import default_registry_url
+
+        return self.spec.router.registry or default_registry_url(self.cache_root)
 
     @property
     def pod_engine_args(self) -> list[str]:
@@ -98,6 +116,7 @@ class Plan:
             "model_dir": str(self.model_dir),
             "replicas": self.spec.replicas,
             "endpoints": self.endpoints if self.spec.target == "local" else [],
+            "replica_endpoints": self.replica_urls if self.spec.target == "local" else [],
             "model_bytes": self.model_bytes,
             "engine_argv": self.engine_args,
             "engine_env": engine.vllm_env(self.spec),
@@ -122,7 +141,9 @@ def resolve(spec: FleetSpec, env: str | None = None, spec_dir: Path | None = Non
     model_bytes = measure_bytes(spec, source)
     if config := local_config(source):
         check_engine_fits_model(spec, config, f"{file_path(source)}/config.json")
-    ports = tuple(spec.local.base_port + i for i in range(spec.replicas))
+    routed = spec.router.enabled and spec.target == "local"
+    first = spec.local.base_port + 1 if routed else spec.local.base_port  # the router takes base_port
+    ports = tuple(first + i for i in range(spec.replicas))
     derived = budgets.derive(spec, model_bytes)
     derived |= budgets.derive_kubernetes(spec, key, derived)
     derived |= gpus.gpu_fit(spec, source, model_bytes)
@@ -135,6 +156,7 @@ def resolve(spec: FleetSpec, env: str | None = None, spec_dir: Path | None = Non
         model_dir=cache_root / "models" / key,
         run_dir=cache_root / "run" / spec.name,
         ports=ports,
+        router_port=spec.local.base_port if routed else None,
         model_bytes=model_bytes,
         derived=derived,
         lint=lint_spec(spec, derived),

@@ -76,7 +76,8 @@ class RegistryLink:
         """None when the request may go on; else its 401 or 429 answer."""
         if not self.keys_required:
             return None
-        secret = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        scheme, _, secret = request.headers.get("authorization", "").strip().partition(" ")
+        secret = secret.strip() if scheme.lower() == "bearer" else ""  # RFC 9110: the scheme is case-insensitive
         limits = await self._limits(secret) if secret else None
         if limits is None:
             return json_error("a valid API key is required: `Authorization: Bearer <key>`", 401, "Unauthorized")

@@ -165,7 +165,8 @@ class Pool:
         found = [b for b in self.backends.values() if b.available(now) and (model is None or model in b.models)]
         # An ejection ends by time, not by an event: the cache lives until the next one ends.
         until = min((b.ejected_until for b in self.backends.values() if b.ejected_until > now), default=now + 3600)
-        self._cache[model] = (self._version, until, found)
+        if found or model is None:  # not a name nobody serves: a client's typos must not grow the cache
+            self._cache[model] = (self._version, until, found)
         return found
 
     def models(self) -> dict[str, dict[str, Any]]:
@@ -282,7 +283,10 @@ class Pool:
         if not ok:
             backend.last_error = why
         if healthy != backend.healthy:
-            log.warning("%s is now %s%s", backend.url, "healthy" if healthy else "unhealthy", "" if ok else f": {why}")
+            level = logging.INFO if healthy else logging.WARNING
+            log.log(
+                level, "%s is now %s%s", backend.url, "healthy" if healthy else "unhealthy", "" if ok else f": {why}"
+            )
             backend.healthy = healthy
             self.changed()
 

@@ -66,7 +66,9 @@ class Proxy:
     ) -> web.StreamResponse:
         candidates = self.pool.available(facts.model)
         if not candidates:
-            return self._none_available(facts)
+            refused = self._none_available(facts)
+            log_access(request, refused.status, facts.model, "-", 0, started)
+            return refused
         headers = forwarded_headers(request.headers)
         ask_load = not facts.stream and LOAD_FORMAT_HEADER not in headers
         if ask_load:
@@ -95,6 +97,9 @@ class Proxy:
                     return self._failed(request, facts, tried, why, started)
                 self.metrics.retries.labels("connect").inc()
                 continue
+            except BaseException:  # the client left while we waited for the head (handler cancelled): uncount it
+                self._done(backend, facts)
+                raise
             if upstream.status in RETRIED_STATUS and not last:
                 wait = retry_after(upstream.headers.get("retry-after"))
                 why = f"answered {upstream.status}"
@@ -147,7 +152,7 @@ class Proxy:
             # The head went out: no retry now. The client sees its connection end early (never a
             # truncated answer that looks whole).
             self.pool.failed(backend, f"{exc.__class__.__name__} mid-answer")
-            self._log(request, facts, backend, upstream.status, attempts, started, "aborted mid-answer")
+            log_access(request, upstream.status, facts.model, backend.url, attempts, started, "aborted mid-answer")
             raise
         finally:
             if not complete:
@@ -160,7 +165,7 @@ class Proxy:
             self.pool.failed(backend, f"answered {upstream.status}")
         self.metrics.added.observe(added)
         self.metrics.requests.labels(facts.model or "", backend.url, str(upstream.status)).inc()
-        self._log(request, facts, backend, upstream.status, attempts, started)
+        log_access(request, upstream.status, facts.model, backend.url, attempts, started)
         return out
 
     def _done(self, backend: Backend, facts: RequestFacts) -> None:
@@ -170,12 +175,15 @@ class Proxy:
 
     def _none_available(self, facts: RequestFacts) -> web.Response:
         known = sorted({m for b in self.pool.backends.values() for m in b.models})
-        if facts.model is not None and facts.model not in known:
+        # Unknown only when every backend has said what it serves: a backend never yet healthy (its
+        # models unknown) may serve it, so that is a 503, not a 404.
+        told = all(b.models for b in self.pool.backends.values())
+        if facts.model is not None and facts.model not in known and told:
             listed = ", ".join(known) or "none yet"
-            self.metrics.requests.labels(facts.model, "", "404").inc()
+            self.metrics.requests.labels("", "", "404").inc()  # not the name: a client's typos must not grow /metrics
             return json_error(f"model {facts.model!r} is not served here; known models: {listed}", 404, "NotFound")
         wait = str(self.pool.retry_after_s())
-        self.metrics.requests.labels(facts.model or "", "", "503").inc()
+        self.metrics.requests.labels(facts.model if facts.model in known else "", "", "503").inc()
         return json_error(
             "no healthy backend can take this request now", 503, "ServiceUnavailable", **{"Retry-After": wait}
         )
@@ -184,7 +192,7 @@ class Proxy:
         self, request: web.BaseRequest, facts: RequestFacts, tried: list[Backend], why: str, started: float
     ) -> web.Response:
         self.metrics.requests.labels(facts.model or "", tried[-1].url, "502").inc()
-        self._log(request, facts, tried[-1], 502, len(tried), started, why)
+        log_access(request, 502, facts.model, tried[-1].url, len(tried), started, why)
         names = ", ".join(b.url for b in tried)
         return json_error(
             f"no backend answered ({names}): {why}",
@@ -193,20 +201,21 @@ class Proxy:
             **{"Retry-After": str(self.pool.retry_after_s())},
         )
 
-    def _log(
-        self,
-        request: web.BaseRequest,
-        facts: RequestFacts,
-        backend: Backend,
-        status: int,
-        attempts: int,
-        started: float,
-        note: str = "",
-    ) -> None:
-        if access_log.isEnabledFor(logging.INFO):
-            ms = (time.perf_counter() - started) * 1000
-            access_log.info(
-                '%s "%s %s" %d model=%s backend=%s attempts=%d ms=%.1f%s',
-                request.remote, request.method, request.path, status, facts.model, backend.url, attempts, ms,
-                f" {note}" if note else "",
-            )  # fmt: skip
+
+def log_access(
+    request: web.BaseRequest,
+    status: int,
+    model: str | None,
+    backend: str,
+    attempts: int,
+    started: float,
+    note: str = "",
+) -> None:
+    """The access log's line for one request (also for the ones the router answers itself: backend '-')."""
+    if access_log.isEnabledFor(logging.INFO):
+        ms = (time.perf_counter() - started) * 1000
+        access_log.info(
+            '%s "%s %s" %d model=%s backend=%s attempts=%d ms=%.1f%s',
+            request.remote, request.method, request.path, status, model, backend, attempts, ms,
+            f" {note}" if note else "",
+        )  # fmt: skip

@@ -1,7 +1,8 @@
 """The router's HTTP server: its own paths, everything else proxied.
 
 Own paths: ``/health`` (200 while a backend can take requests, else 503), ``/metrics``
-(the router's), ``GET /v1/models`` (merged over the backends), ``/admin/...`` (admin.py).
+(the router's), ``GET /v1/models`` (merged over the backends), ``/admin/...`` (admin.py), ``GET /`` (the
+chat page, chat.py).
 Every other path goes to a backend: POSTs with a JSON body are routed by their ``model``
 (paths under /v1/ must name one), the rest to any available backend.
 
@@ -22,14 +23,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from vllm_fleet.router import admin
+from vllm_fleet.router import admin, chat
 from vllm_fleet.router.access import RegistryLink
 from vllm_fleet.router.backends import Pool
 from vllm_fleet.router.body import NO_FACTS, BodyError, read_facts
 from vllm_fleet.router.config import RouterConfig
 from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, policy
-from vllm_fleet.router.proxy import Proxy, json_error
+from vllm_fleet.router.proxy import Proxy, json_error, log_access
 
 log = logging.getLogger("vllm_fleet.router")
 
@@ -122,6 +123,8 @@ class Router:
         if path == "/v1/models" and request.method == "GET":
             cards = list(self.pool.models().values())
             return web.json_response({"object": "list", "data": cards})
+        if chat.is_page(request):
+            return chat.page(request)
         return await self._proxy(request, started)
 
     async def _proxy(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
@@ -130,23 +133,33 @@ class Router:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             limit = self.config.max_body_bytes
-            return json_error(f"the request body is larger than the router's limit of {limit} bytes", 413)
+            return _refused(
+                request, None, started, f"the request body is larger than the router's limit of {limit} bytes", 413
+            )
         facts = NO_FACTS
         openai = request.path.startswith("/v1/")
         if request.method == "POST" and (body or openai) and not _is_multipart(request):
             try:
                 facts = read_facts(body)
             except BodyError as exc:
-                return json_error(str(exc), 400)
+                return _refused(request, None, started, str(exc), 400)
             if facts.model is None and openai:
-                return json_error("the request names no `model`; add one (GET /v1/models lists them)", 400)
+                why = "the request names no `model`; add one (GET /v1/models lists them)"
+                return _refused(request, None, started, why, 400)
         choose = self.default_policy
         if self.registry is not None:
             refused = await self.registry.admit(request, facts)
             if refused is not None:
+                log_access(request, refused.status, facts.model, "-", 0, started)
                 return refused
             choose = self.registry.policies.get(facts.model or "", choose)
         return await self.proxy.forward(request, body, facts, choose, started)
+
+
+def _refused(request: web.BaseRequest, model: str | None, started: float, why: str, status: int) -> web.Response:
+    """An answer of the router's own (bad input), logged like every other."""
+    log_access(request, status, model, "-", 0, started)
+    return json_error(why, status)
 
 
 def _is_multipart(request: web.BaseRequest) -> bool:

@@ -90,6 +90,7 @@ class LocalSpec(_Strict):
     base_port: int = Field(8000, gt=0, lt=65536)
     start_timeout_s: float = Field(600, gt=0)
     prefetch: bool = True
+    supervise: bool = Field(True, description="a background supervisor restarts a crashed replica, with backoff")
 
 
 class SLOSpec(_Strict):

@@ -5,8 +5,12 @@
     down        stop everything ``up`` started
     status      each replica's state
     endpoints   URLs that reach the replicas from here, for verify and bench (a context manager:
-                the Kubernetes target holds a port-forward open for as long as it is entered)
+                the Kubernetes target holds a port-forward open for as long as it is entered);
+                where clients connect (the router), or ``direct``: each replica itself
+    publish     make verified replicas routable (the local router's registry; in a cluster, pod
+                readiness does it and this does nothing)
     restart     replace the replicas one at a time
+    logs        where each process's log is (the engines', the router's)
     doctor      what is wrong, with the evidence and the fix
 
 Targets never import each other; ``targets.target_for`` picks one for a Plan.
@@ -25,7 +29,7 @@ from vllm_fleet.plan import Plan
 if TYPE_CHECKING:
     from vllm_fleet.verify import Check
 
-Role = Literal["engine", "router"]
+Role = Literal["engine", "router", "supervisor"]
 Severity = Literal["pass", "warn", "fail"]
 
 
@@ -52,11 +56,16 @@ class ReplicaStatus:
     healthy: bool
     left_behind: int = 0  # processes of a dead replica still running (its engine's children)
     problem: str | None = None  # what is wrong, when the target can tell (a pod's crash loop, ...)
+    routed: str | None = None  # the router's view of it (healthy, unhealthy, ejected, draining, not routed)
+    restarts: int = 0  # times the supervisor restarted it after a crash
 
     @property
     def state(self) -> str:
+        more = (f", router: {self.routed}" if self.routed else "") + (
+            f", restarted {self.restarts}x" if self.restarts else ""
+        )
         if self.healthy:
-            return "healthy"
+            return "healthy" + more
         if self.problem:
             return f"{'alive' if self.alive else 'not running'}: {self.problem}"
         if self.alive:
@@ -67,7 +76,8 @@ class ReplicaStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.replica.url, "pid": self.replica.pid, "alive": self.alive, "healthy": self.healthy,
-                "left_behind": self.left_behind, "problem": self.problem}  # fmt: skip
+                "left_behind": self.left_behind, "problem": self.problem, "role": self.replica.role,
+                "routed": self.routed, "restarts": self.restarts}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -157,13 +167,20 @@ class Target(ABC):
     async def status(self) -> list[ReplicaStatus]: ...
 
     @abstractmethod
-    def endpoints(self) -> AbstractAsyncContextManager[list[str]]: ...
+    def endpoints(self, direct: bool = False) -> AbstractAsyncContextManager[list[str]]: ...
+
+    async def publish(self, report: Reporter = QUIET) -> None:  # noqa: B027 (a hook: most targets need nothing)
+        """Make the verified replicas routable (a target whose router follows readiness needs nothing)."""
 
     @abstractmethod
     async def restart(self, report: Reporter = QUIET) -> UpResult: ...
 
     @abstractmethod
     async def doctor(self) -> list[Diagnosis]: ...
+
+    def logs(self) -> list[tuple[str, str]]:
+        """(name, path) of each log on this machine: the replicas', the router's."""
+        raise not_built(self.plan.spec.target, "logs", "kubectl logs -l app.kubernetes.io/instance=NAME")
 
     async def latency_check(self) -> Check | None:
         """The SLO check measured where the clients are, when that is not from here (None: verify's own is)."""

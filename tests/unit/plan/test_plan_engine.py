@@ -27,8 +27,16 @@ def test_relative_paths_resolve_against_the_spec_directory(tmp_path: Path) -> No
     assert plan.source == (tmp_path / "models" / "tiny").as_uri()
     assert plan.cache_root == tmp_path / "cache"
     assert plan.model_dir.parent == tmp_path / "cache" / "models"
-    assert plan.ports == (9100, 9101, 9102)
-    assert plan.endpoints[2] == "http://127.0.0.1:9102"
+    # The router serves base_port, the replicas the ports above it; clients get the router's URL.
+    assert (plan.router_port, plan.ports) == (9100, (9101, 9102, 9103))
+    assert plan.endpoints == ["http://127.0.0.1:9100"]
+    assert plan.replica_urls[2] == "http://127.0.0.1:9103"
+
+
+def test_without_the_router_each_replica_is_an_endpoint(tmp_path: Path) -> None:
+    plan = resolve(parse_spec(SPEC + "router: {enabled: false}\n"), spec_dir=tmp_path)
+    assert (plan.router_port, plan.ports) == (None, (9100, 9101, 9102))
+    assert plan.endpoints == plan.replica_urls == [f"http://127.0.0.1:{p}" for p in (9100, 9101, 9102)]
 
 
 def test_model_key_is_stable_and_distinct() -> None:

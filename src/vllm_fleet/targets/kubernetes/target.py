@@ -80,8 +80,9 @@ class KubernetesTarget(Target):
         return out
 
     @asynccontextmanager
-    async def endpoints(self) -> AsyncIterator[list[str]]:
-        """A port-forward to each ready pod, open while the caller verifies or benches through them."""
+    async def endpoints(self, direct: bool = False) -> AsyncIterator[list[str]]:
+        """A port-forward to each ready engine pod, open while the caller verifies or benches through them
+        (``direct`` or not: the router pods route to these same pods, and a pod is routed once it is ready)."""
         from vllm_fleet.targets.kubernetes.cluster import rules
         from vllm_fleet.targets.kubernetes.cluster.forward import forward
         from vllm_fleet.targets.kubernetes.cluster.wait import current_pods

