@@ -464,6 +464,7 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--json", action="store_true", help="Print the figures as JSON (progress still goes to stderr).")
+    add("--json-out", type=Path, default=None, help="Also write the figures as JSON to this file.")
     add("--rate", type=float, default=1000.0, help="Open-loop rate of the latency section (req/s).")
     add("--seconds", type=float, default=2.0, help="Seconds per target per round.")
     add("--rounds", type=int, default=4, help="Rounds, each running every target once, interleaved.")
@@ -510,6 +511,7 @@ def main() -> None:
             "rate": args.rate, "seconds": args.seconds, "rounds": args.rounds, "stream_rate": args.stream_rate,
             "client_and_backends_cores": sorted(client or cores), "proxy_core": sorted(proxy or cores),
             "load_average_1min_at_start": os.getloadavg()[0], "cores": len(cores), "kill_seed": args.seed,
+            "command": " ".join(sys.argv),
         }
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
@@ -527,11 +529,18 @@ def main() -> None:
         finally:
             for proc in list(bench.started):
                 proc.stop()
+    if args.json_out:
+        args.json_out.write_text(json.dumps(out, indent=2, default=str))
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return
     if "latency" in out:
         print(table(out))
+    print(
+        f"load average (1 min) at the start {out['settings']['load_average_1min_at_start']:.2f}, at the end "
+        f"{os.getloadavg()[0]:.2f}; 'proxy core used by others': the share of the proxy's core that other "
+        "processes on this shared machine took during the runs (0 = a quiet core)"
+    )
     for line in summary_lines(out):
         print(line)
 
