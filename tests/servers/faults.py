@@ -66,6 +66,7 @@ class Stream:
 
     events: tuple[bytes, ...]
     gap_s: float = 0.0
+    reset: bool = False  # after the events, a TCP reset instead of the stream's end (a backend dying mid-stream)
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,10 @@ class FaultServer:
                 data = b"data: " + event + b"\n\n"
                 writer.write(b"%x\r\n%s\r\n" % (len(data), data))
                 await writer.drain()
+            if action.reset:
+                await asyncio.sleep(0.05)  # let the events reach the client before the RST
+                _reset(writer)
+                return False
             writer.write(b"0\r\n\r\n")
             await writer.drain()
         except ConnectionError:

@@ -20,7 +20,8 @@ from multidict import CIMultiDict
 from vllm_fleet.router.backends import Backend, Pool
 from vllm_fleet.router.body import RequestFacts
 from vllm_fleet.router.metrics import RouterMetrics
-from vllm_fleet.router.policies import Policy
+from vllm_fleet.router.policies import Policy, least_load
+from vllm_fleet.router.resume import Transcript, continuation_body, without_role_event
 from vllm_fleet.wire.openai import error_body
 
 access_log = logging.getLogger("vllm_fleet.router.access")
@@ -112,7 +113,9 @@ class Proxy:
                 self.metrics.retries.labels(str(upstream.status)).inc()
                 continue
             try:
-                return await self._relay(request, upstream, backend, facts, ask_load, started, sent, len(tried))
+                return await self._relay(
+                    request, upstream, backend, facts, ask_load, started, sent, tried, body, headers
+                )
             finally:
                 self._done(backend, facts)
 
@@ -125,10 +128,21 @@ class Proxy:
         asked_load: bool,
         started: float,
         sent: float,
-        attempts: int,
+        tried: list[Backend],
+        body: bytes,
+        request_headers: CIMultiDict[str],
     ) -> web.StreamResponse:
         answered = time.perf_counter()
         complete = False
+        attempts = len(tried)
+        # A streamed chat answer can be continued elsewhere if its backend dies (resume.py).
+        resumable = (
+            facts.stream
+            and upstream.status == 200
+            and request.path.endswith("/chat/completions")
+            and upstream.content_type == "text/event-stream"
+        )
+        transcript = Transcript() if resumable else None
         try:
             headers = forwarded_headers(upstream.headers)
             if upstream.content_length is not None:
@@ -142,16 +156,27 @@ class Proxy:
             added = sent - started
             first = True
             async for chunk in upstream.content.iter_any():
+                if transcript is not None and not (chunk := transcript.whole_events(chunk)):
+                    continue
                 await out.write(chunk)
                 if first:
                     added += time.perf_counter() - answered
                     first = False
+            if transcript is not None and (rest := transcript.rest()):
+                await out.write(rest)  # a last event without its blank line: the stream ended whole anyway
             await out.write_eof()
             complete = True
         except (TimeoutError, aiohttp.ClientError) as exc:
-            # The head went out: no retry now. The client sees its connection end early (never a
-            # truncated answer that looks whole).
+            # The head went out: no retry now. A stream may be continued elsewhere; otherwise the
+            # client sees its connection end early (never a truncated answer that looks whole).
             self.pool.failed(backend, f"{exc.__class__.__name__} mid-answer")
+            upstream.close()
+            if transcript is not None and await self._resume(
+                request, out, facts, transcript, tried, body, request_headers
+            ):
+                log_access(request, 200, facts.model, backend.url, attempts, started, "continued on another backend")
+                self.metrics.requests.labels(facts.model or "", backend.url, "200").inc()
+                return out
             log_access(request, upstream.status, facts.model, backend.url, attempts, started, "aborted mid-answer")
             raise
         finally:
@@ -167,6 +192,50 @@ class Proxy:
         self.metrics.requests.labels(facts.model or "", backend.url, str(upstream.status)).inc()
         log_access(request, upstream.status, facts.model, backend.url, attempts, started)
         return out
+
+    async def _resume(
+        self,
+        request: web.BaseRequest,
+        out: web.StreamResponse,
+        facts: RequestFacts,
+        transcript: Transcript,
+        tried: list[Backend],
+        body: bytes,
+        headers: CIMultiDict[str],
+    ) -> bool:
+        """Continue the stream on other backends (within the retry budget); True once it ended whole."""
+        while len(tried) <= self.retries:
+            text, tokens, finished = transcript.so_far()
+            again = continuation_body(body, text, tokens)
+            left = [b for b in self.pool.available(facts.model) if b not in tried]
+            if finished or again is None or not left:
+                return False
+            backend = least_load(left, facts, None)
+            tried.append(backend)
+            self.metrics.retries.labels("continued").inc()
+            backend.in_flight += 1
+            try:
+                async with self.session.post(backend.url + request.path_qs, data=again, headers=headers) as upstream:
+                    if upstream.status != 200:
+                        self.pool.failed(backend, f"answered {upstream.status} to a continuation")
+                        continue
+                    opening = bool(text)  # the client has its role event already
+                    async for chunk in upstream.content.iter_any():
+                        chunk = transcript.whole_events(chunk)
+                        if opening and chunk:
+                            chunk, opening = without_role_event(chunk), False
+                        if chunk:
+                            await out.write(chunk)
+                    if rest := transcript.rest():
+                        await out.write(rest)
+                await out.write_eof()
+                self.pool.succeeded(backend)
+                return True
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                self.pool.failed(backend, f"{exc.__class__.__name__} continuing a stream")
+            finally:
+                backend.in_flight -= 1
+        return False
 
     def _done(self, backend: Backend, facts: RequestFacts) -> None:
         backend.in_flight -= 1

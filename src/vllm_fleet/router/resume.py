@@ -1,0 +1,102 @@
+"""Continuing a streamed chat completion on another backend when its backend dies mid-stream.
+
+While a stream passes through, the router forwards whole SSE events only (a torn event is held
+back until its end arrives) and keeps what it forwarded. When the backend fails mid-stream, the
+assistant text the client already has is read from those events, and the same request goes to
+another backend with that text as a final assistant message and vLLM's
+``continue_final_message`` (``add_generation_prompt`` off), its token budget reduced by what was
+streamed. The continuation's opening role event is dropped, so the client sees one stream.
+
+What the client cannot tell apart: nothing in the text; the chunks after the switch carry the new
+backend's completion id, and a final usage event counts the continuation only. Greedy decoding
+continued from text can differ from an uninterrupted run where the text re-tokenises differently
+(benchmarks/bench_continuation.py measures how often).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_EVENT_END = b"\n\n"
+
+
+class Transcript:
+    """The SSE events forwarded so far (whole events only), read only if a continuation is needed."""
+
+    def __init__(self) -> None:
+        self._held = b""
+        self._sent: list[bytes] = []
+
+    def whole_events(self, chunk: bytes) -> bytes:
+        """The complete events of ``chunk`` (with what was held back before it); the torn end is held back."""
+        data = self._held + chunk if self._held else chunk
+        end = data.rfind(_EVENT_END)
+        if end < 0:
+            self._held = data
+            return b""
+        whole, self._held = data[: end + 2], data[end + 2 :]
+        self._sent.append(whole)
+        return whole
+
+    def rest(self) -> bytes:
+        """What is held back, once the stream has ended whole."""
+        rest, self._held = self._held, b""
+        return rest
+
+    def so_far(self) -> tuple[str, int, bool]:
+        """(assistant text the client has, content events it came in, whether the answer had finished)."""
+        text: list[str] = []
+        events, finished = 0, False
+        for line in b"".join(self._sent).split(b"\n"):
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                finished |= line == b"data: [DONE]"
+                continue
+            try:
+                choices = json.loads(line[6:]).get("choices") or []
+            except ValueError:
+                continue
+            for choice in choices[:1]:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    text.append(content)
+                    events += 1
+                finished |= choice.get("finish_reason") is not None
+        return "".join(text), events, finished
+
+
+def continuation_body(body: bytes, text: str, tokens: int) -> bytes | None:
+    """The request that continues after ``text`` (None when it cannot be continued: n > 1, no messages)."""
+    try:
+        data: dict[str, Any] = json.loads(body)
+    except ValueError:
+        return None
+    messages = data.get("messages")
+    if not isinstance(messages, list) or data.get("n", 1) != 1:
+        return None
+    if not text:
+        return body  # nothing reached the client yet: the request as it was
+    last = messages[-1] if messages else None
+    if data.get("continue_final_message") and isinstance(last, dict) and last.get("role") == "assistant":
+        messages = [*messages[:-1], {**last, "content": f"{last.get('content') or ''}{text}"}]
+    else:
+        messages = [*messages, {"role": "assistant", "content": text}]
+    data |= {"messages": messages, "continue_final_message": True, "add_generation_prompt": False}
+    for key in ("max_tokens", "max_completion_tokens"):
+        if isinstance(data.get(key), int):
+            data[key] = max(1, data[key] - tokens)
+    return json.dumps(data).encode()
+
+
+def without_role_event(events: bytes) -> bytes:
+    """``events`` less a leading role-only event (``delta: {role, content: ""}``): the client has had one."""
+    end = events.find(_EVENT_END)
+    first = events[: end + 2] if end >= 0 else events
+    try:
+        choices = json.loads(first.removeprefix(b"data: ")).get("choices") or [{}]
+    except ValueError:
+        return events
+    delta = choices[0].get("delta") or {}
+    if delta.get("role") and not delta.get("content"):
+        return events[end + 2 :] if end >= 0 else b""
+    return events

@@ -1,0 +1,94 @@
+"""A streamed chat completion whose backend dies mid-stream is continued on another backend (resume.py):
+the client sees one stream (one role event, every content event once, the end), and the other backend
+gets the prompt plus the text so far with continue_final_message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.integration.router.harness import chat, client, metric, routing
+from tests.servers.faults import FaultServer, Stream
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+PATH = "/v1/chat/completions"
+
+
+def event(delta: dict | None = None, finish: str | None = None, usage: dict | None = None) -> bytes:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    return json.dumps({"id": "c", "object": "chat.completion.chunk", "choices": choices, "usage": usage}).encode()
+
+
+ROLE = event({"role": "assistant", "content": ""})
+BROKEN = Stream(
+    (ROLE, event({"content": "The"}), event({"content": " capital"}), event({"content": " is"})), reset=True
+)
+REST = Stream((ROLE, event({"content": " Paris"}), event({"content": "."}, "stop"), b"[DONE]"))
+
+
+async def stream_through(url: str, body: dict) -> tuple[list[dict], bool]:
+    """The JSON events the client received, and whether the stream ended with [DONE] and no error."""
+    events, done = [], False
+    async with client() as http, http.post(f"{url}{PATH}", json=body) as resp:
+        assert resp.status == 200
+        raw = await resp.read()
+    for block in raw.split(b"\n\n"):
+        if block == b"data: [DONE]":
+            done = True
+        elif block.startswith(b"data: "):
+            events.append(json.loads(block[6:]))
+    return events, done
+
+
+def test_a_stream_cut_mid_answer_is_continued_on_another_backend() -> None:
+    with FaultServer() as first, FaultServer() as second:
+        first.script(PATH, BROKEN)
+        second.script(PATH, REST)
+
+        async def body() -> None:
+            async with routing(first.url, second.url, policy="round-robin") as router:
+                events, done = await stream_through(router.url, chat(stream=True, max_tokens=10))
+                text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+                roles = [e for e in events if e["choices"] and "role" in e["choices"][0]["delta"]]
+                assert (text, done, len(roles)) == ("The capital is Paris.", True, 1)
+                async with client() as http, http.get(f"{router.url}/metrics") as resp:
+                    assert metric(await resp.text(), "vllm_fleet_router_retries_total", reason="continued") == 1
+
+        asyncio.run(body())
+        [again] = second.requests(PATH)
+        sent = json.loads(again.body)
+        assert sent["messages"][-1] == {"role": "assistant", "content": "The capital is"}
+        assert sent["messages"][:-1] == chat()["messages"]
+        assert (sent["continue_final_message"], sent["add_generation_prompt"], sent["max_tokens"]) == (True, False, 7)
+
+
+def test_with_no_other_backend_the_client_sees_the_stream_break() -> None:
+    with FaultServer() as only:
+        only.script(PATH, BROKEN)
+
+        async def body() -> None:
+            async with routing(only.url) as router, client() as http:
+                with pytest.raises(Exception):  # noqa: B017 (aiohttp's payload error: the stream did not end)
+                    async with http.post(f"{router.url}{PATH}", json=chat(stream=True)) as resp:
+                        await resp.read()
+
+        asyncio.run(body())
+        assert len(only.requests(PATH)) == 1  # never sent twice to the same backend
+
+
+def test_a_plain_stream_is_not_held_back_by_the_transcript() -> None:
+    """Events go out as they arrive (the router holds back only a torn event's start)."""
+    with FaultServer() as backend:
+        backend.script(PATH, Stream((ROLE, event({"content": "a"}), event({"content": "b"}, "stop"), b"[DONE]"), 0.3))
+
+        async def body() -> None:
+            async with routing(backend.url) as router, client() as http:
+                async with http.post(f"{router.url}{PATH}", json=chat(stream=True)) as resp:
+                    first = await resp.content.readuntil(b"\n\n")
+                    assert first.startswith(b"data: ") and b"assistant" in first
+                    rest = await resp.read()
+                assert rest.endswith(b"data: [DONE]\n\n")
+
+        asyncio.run(body())

@@ -1,0 +1,64 @@
+"""resume.py on its own: whole events only, the text so far, the continuation body, the role event dropped."""
+
+from __future__ import annotations
+
+import json
+
+from vllm_fleet.router.resume import Transcript, continuation_body, without_role_event
+
+
+def sse(payload: dict) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def delta(content: str | None = None, role: str | None = None, finish: str | None = None) -> bytes:
+    d = {k: v for k, v in (("role", role), ("content", content)) if v is not None}
+    return sse({"choices": [{"index": 0, "delta": d, "finish_reason": finish}]})
+
+
+def test_a_torn_event_is_held_until_its_end_arrives() -> None:
+    t = Transcript()
+    whole = delta("Hel") + delta("lo")
+    assert t.whole_events(whole[:5]) == b""
+    assert t.whole_events(whole[5:-3]) == delta("Hel")
+    assert t.whole_events(whole[-3:]) == delta("lo")
+    assert t.so_far() == ("Hello", 2, False)
+
+
+def test_so_far_sees_the_end_of_an_answer() -> None:
+    t = Transcript()
+    t.whole_events(delta("", role="assistant") + delta("Hi", finish="stop") + b"data: [DONE]\n\n")
+    assert t.so_far() == ("Hi", 1, True)
+
+
+def test_the_continuation_carries_the_text_and_a_smaller_budget() -> None:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "q"}], "max_tokens": 10}).encode()
+    again = json.loads(continuation_body(body, "The answer", 2) or b"")
+    assert again["messages"] == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "The answer"}]
+    assert (again["continue_final_message"], again["add_generation_prompt"], again["max_tokens"]) == (True, False, 8)
+    assert continuation_body(body, "", 0) == body  # nothing streamed yet: the request as it was
+
+
+def test_a_client_continuation_is_extended_not_stacked() -> None:
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "Once"}]
+    body = json.dumps({"messages": messages, "continue_final_message": True}).encode()
+    again = json.loads(continuation_body(body, " upon", 1) or b"")
+    assert again["messages"][-1] == {"role": "assistant", "content": "Once upon"} and len(again["messages"]) == 2
+
+
+def test_what_cannot_be_continued() -> None:
+    assert continuation_body(b'{"messages": [], "n": 2}', "x", 1) is None
+    assert continuation_body(b'{"prompt": "x"}', "x", 1) is None
+    assert continuation_body(b"not json", "x", 1) is None
+
+
+def test_the_continuation_role_event_is_dropped_and_nothing_else() -> None:
+    assert without_role_event(delta("", role="assistant") + delta("x")) == delta("x")
+    assert without_role_event(delta("x")) == delta("x")
+    assert without_role_event(delta("", role="assistant")) == b""
+
+
+def test_what_is_held_back_is_given_up_at_the_end() -> None:
+    t = Transcript()
+    assert t.whole_events(b'data: {"x": 1}') == b""
+    assert t.rest() == b'data: {"x": 1}' and t.rest() == b""
