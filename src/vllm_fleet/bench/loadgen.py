@@ -11,7 +11,7 @@ Bounds: a request count and/or a duration. Warm-up requests run first, all at
 once (each leaves a keep-alive connection open for the run), and are not
 measured. A request counts as sent when its bytes are written to the socket;
 TTFT and E2E count from the call, the client's send path included (HTTP goes
-through :mod:`vllm_fleet.bench.http1`, whose send is one socket write). An
+through :mod:`vllm_fleet.wire.http1`, whose send is one socket write). An
 open-loop run stops early when its backlog grows without bound (the server is
 saturated) and says so.
 """
@@ -29,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from vllm_fleet.bench import http1
 from vllm_fleet.bench.datasets import Prompt, TokenCounter
 from vllm_fleet.bench.metrics import RequestResult
 from vllm_fleet.bench.scrape import ServerMetrics
+from vllm_fleet.wire import http1
 from vllm_fleet.wire.prometheus import KV_CACHE_USAGE, parse_prometheus
 from vllm_fleet.wire.sse import DONE, SSEDecoder
 

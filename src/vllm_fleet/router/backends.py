@@ -61,6 +61,7 @@ class Backend:
     kv_cache_usage: float = 0.0
     served: int = 0
     last_error: str = ""
+    client: Any = None  # the proxy's keep-alive connections to it (wire.http1.Client), made on first use
 
     def __post_init__(self) -> None:
         self.seed = _seed(self.url)
@@ -140,9 +141,11 @@ class Pool:
         return self.backends[url]
 
     def remove(self, url: str) -> bool:
-        found = self.backends.pop(url.rstrip("/"), None) is not None
+        backend = self.backends.pop(url.rstrip("/"), None)
+        if backend is not None and backend.client is not None:
+            backend.client.close_idle()  # the ones in use close when their answer is done
         self.changed()
-        return found
+        return backend is not None
 
     def drain(self, url: str, draining: bool = True) -> Backend | None:
         backend = self.backends.get(url.rstrip("/"))
@@ -237,6 +240,9 @@ class Pool:
         self._spawn(self._every(self.settings.scrape_interval_s, self._scrape))
 
     async def stop(self) -> None:
+        for backend in self.backends.values():
+            if backend.client is not None:
+                backend.client.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

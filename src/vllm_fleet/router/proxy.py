@@ -3,17 +3,22 @@ byte, stream the answer back as it arrives.
 
 A retry happens only while nothing has reached the client: on a refused or reset connection,
 and on 502/503/504/429 answers (a 429 or 503 with Retry-After keeps that backend out for
-that long). Once the answer's head is sent, a failing backend fails that one request.
+that long). Once the answer's head is sent, a failing backend fails that one request, except a
+streamed chat answer, which is continued on another backend (resume.py).
+
+Upstream requests go over the project's own HTTP/1.1 client (wire/http1.py: one write per
+request, httptools parsing), not aiohttp's: aiohttp's client was a third of the router's CPU
+per request (benchmarks/bench_router.py). An answer whose whole body comes in its first read
+(most non-streamed ones) goes to the client head and body in one write.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -22,11 +27,12 @@ from vllm_fleet.router.body import RequestFacts
 from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, least_load
 from vllm_fleet.router.resume import Transcript, continuation_body, without_role_event
+from vllm_fleet.wire import http1
 from vllm_fleet.wire.openai import error_body
 
 access_log = logging.getLogger("vllm_fleet.router.access")
 
-# Hop-by-hop headers (RFC 9110 §7.6.1) and the ones aiohttp writes itself: never forwarded.
+# Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the sending side writes itself: never forwarded.
 _HOP = frozenset(
     ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
      "trailer", "transfer-encoding", "upgrade", "host", "content-length")
@@ -36,10 +42,13 @@ BACKEND_HEADER = "x-vllm-fleet-backend"
 SESSION_HEADER = "x-session-id"
 LOAD_FORMAT_HEADER = "endpoint-load-metrics-format"  # vLLM answers it with endpoint-load-metrics (non-streamed)
 LOAD_HEADER = "endpoint-load-metrics"
+# What a failed upstream exchange raises: refused/reset (OSError, http1.ConnectionClosed), not HTTP
+# (http1.MalformedResponse, a ValueError), no connection in time (TimeoutError, an OSError).
+UPSTREAM_ERRORS = (OSError, ValueError)
 
 
-def forwarded_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _HOP)
+def forwarded_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers if k.lower() not in _HOP]
 
 
 def json_error(message: str, status: int, kind: str = "invalid_request_error", **headers: str) -> web.Response:
@@ -58,9 +67,14 @@ def retry_after(value: str | None) -> float | None:
 @dataclass
 class Proxy:
     pool: Pool
-    session: aiohttp.ClientSession
     metrics: RouterMetrics
     retries: int = 2
+    connect_timeout_s: float = 5.0
+
+    def client(self, backend: Backend) -> http1.Client:
+        if backend.client is None:
+            backend.client = http1.Client(backend.url, connect_timeout_s=self.connect_timeout_s)
+        return backend.client
 
     async def forward(
         self, request: web.BaseRequest, body: bytes, facts: RequestFacts, choose: Policy, started: float
@@ -70,13 +84,13 @@ class Proxy:
             refused = self._none_available(facts)
             log_access(request, refused.status, facts.model, "-", 0, started)
             return refused
-        headers = forwarded_headers(request.headers)
-        ask_load = not facts.stream and LOAD_FORMAT_HEADER not in headers
+        raw = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
+        headers = forwarded_headers(raw)  # in the order and spelling the client sent them
+        ask_load = not facts.stream and LOAD_FORMAT_HEADER not in request.headers
         if ask_load:
-            headers[LOAD_FORMAT_HEADER] = "TEXT"
+            headers.append((LOAD_FORMAT_HEADER, "TEXT"))
         session = request.headers.get(SESSION_HEADER)
         tried: list[Backend] = []
-        upstream: aiohttp.ClientResponse | None = None
         while True:
             left: Sequence[Backend] = [b for b in candidates if b not in tried] if tried else candidates
             backend = choose(left, facts, session)
@@ -85,12 +99,12 @@ class Proxy:
             backend.in_flight += 1
             backend.in_flight_tokens += facts.tokens
             self.metrics.in_flight.inc()
+            client = self.client(backend)
             try:
                 sent = time.perf_counter()
-                upstream = await self.session.request(
-                    request.method, backend.url + request.path_qs, data=body or None, headers=headers
-                )
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                head = client.head(request.method, request.path_qs, body, headers)
+                upstream = await client.request(request.method, request.path_qs, body, head)
+            except UPSTREAM_ERRORS as exc:
                 self._done(backend, facts)
                 why = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
                 self.pool.failed(backend, why)
@@ -104,7 +118,7 @@ class Proxy:
             if upstream.status in RETRIED_STATUS and not last:
                 wait = retry_after(upstream.headers.get("retry-after"))
                 why = f"answered {upstream.status}"
-                upstream.close()
+                upstream.release()  # its body unread: the connection closes
                 self._done(backend, facts)
                 if wait is not None:
                     self.pool.eject(backend, f"{why} with Retry-After {wait:g}", for_s=wait)
@@ -122,7 +136,7 @@ class Proxy:
     async def _relay(
         self,
         request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
+        upstream: http1.Response,
         backend: Backend,
         facts: RequestFacts,
         asked_load: bool,
@@ -130,60 +144,59 @@ class Proxy:
         sent: float,
         tried: list[Backend],
         body: bytes,
-        request_headers: CIMultiDict[str],
+        request_headers: list[tuple[str, str]],
     ) -> web.StreamResponse:
         answered = time.perf_counter()
-        complete = False
         attempts = len(tried)
+        up_headers = upstream.headers
         # A streamed chat answer can be continued elsewhere if its backend dies (resume.py).
         resumable = (
             facts.stream
             and upstream.status == 200
             and request.path.endswith("/chat/completions")
-            and upstream.content_type == "text/event-stream"
+            and up_headers.get("content-type", "").startswith("text/event-stream")
         )
         transcript = Transcript() if resumable else None
+        out: web.StreamResponse | None = None
         try:
-            headers = forwarded_headers(upstream.headers)
-            if upstream.content_length is not None:
-                headers["content-length"] = str(upstream.content_length)
+            headers = CIMultiDict(forwarded_headers(up_headers.items()))
             load = headers.pop(LOAD_HEADER, None) if asked_load else headers.get(LOAD_HEADER)
             if load:
                 self.pool.load_header(backend, load)
             headers[BACKEND_HEADER] = backend.url
-            out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-            await out.prepare(request)
-            added = sent - started
-            first = True
-            async for chunk in upstream.content.iter_any():
-                if transcript is not None and not (chunk := transcript.whole_events(chunk)):
-                    continue
-                await out.write(chunk)
-                if first:
-                    added += time.perf_counter() - answered
-                    first = False
-            if transcript is not None and (rest := transcript.rest()):
-                await out.write(rest)  # a last event without its blank line: the stream ended whole anyway
-            await out.write_eof()
-            complete = True
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            length = up_headers.get("content-length")
+            chunks = upstream.chunks()
+            first = await anext(chunks, b"") if length is not None else b""
+            if length is not None and upstream.complete and len(first) == int(length):
+                out = web.Response(status=upstream.status, headers=headers, body=first)
+                added = (sent - started) + (time.perf_counter() - answered)
+            else:
+                streaming = out = web.StreamResponse(status=upstream.status, headers=headers)
+                if length is not None:
+                    streaming.content_length = int(length)
+                await streaming.prepare(request)
+                added = await self._stream(streaming, first, chunks, transcript, sent - started, answered)
+                await streaming.write_eof()
+        except UPSTREAM_ERRORS as exc:
             # The head went out: no retry now. A stream may be continued elsewhere; otherwise the
             # client sees its connection end early (never a truncated answer that looks whole).
             self.pool.failed(backend, f"{exc.__class__.__name__} mid-answer")
-            upstream.close()
-            if transcript is not None and await self._resume(
+            upstream.release()
+            if out is None:  # nothing reached the client: an answer of our own
+                return self._failed(
+                    request, facts, tried, f"{exc.__class__.__name__} before the answer's body", started
+                )
+            resumed = transcript is not None and await self._resume(
                 request, out, facts, transcript, tried, body, request_headers
-            ):
+            )
+            if resumed:
                 log_access(request, 200, facts.model, backend.url, attempts, started, "continued on another backend")
                 self.metrics.requests.labels(facts.model or "", backend.url, "200").inc()
                 return out
             log_access(request, upstream.status, facts.model, backend.url, attempts, started, "aborted mid-answer")
             raise
         finally:
-            if not complete:
-                upstream.close()
-            else:
-                upstream.release()
+            upstream.release()  # complete: the connection goes back to the pool; else it closes
         if upstream.status < 500:
             self.pool.succeeded(backend)
         else:
@@ -193,6 +206,30 @@ class Proxy:
         log_access(request, upstream.status, facts.model, backend.url, attempts, started)
         return out
 
+    @staticmethod
+    async def _stream(
+        out: web.StreamResponse,
+        first: bytes,
+        chunks: AsyncIterator[bytes],
+        transcript: Transcript | None,
+        added: float,
+        answered: float,
+    ) -> float:
+        """Write the answer's chunks as they arrive (whole SSE events when a transcript is kept); returns the
+        added latency (to the client's first byte)."""
+        pending = [first] if first else []
+        first_out = True
+        async for chunk in _chain(pending, chunks):
+            if transcript is not None and not (chunk := transcript.whole_events(chunk)):
+                continue
+            await out.write(chunk)
+            if first_out:
+                added += time.perf_counter() - answered
+                first_out = False
+        if transcript is not None and (rest := transcript.rest()):
+            await out.write(rest)  # a last event without its blank line: the stream ended whole anyway
+        return added
+
     async def _resume(
         self,
         request: web.BaseRequest,
@@ -201,7 +238,7 @@ class Proxy:
         transcript: Transcript,
         tried: list[Backend],
         body: bytes,
-        headers: CIMultiDict[str],
+        headers: list[tuple[str, str]],
     ) -> bool:
         """Continue the stream on other backends (within the retry budget); True once it ended whole."""
         while len(tried) <= self.retries:
@@ -214,27 +251,32 @@ class Proxy:
             tried.append(backend)
             self.metrics.retries.labels("continued").inc()
             backend.in_flight += 1
+            client = self.client(backend)
+            upstream: http1.Response | None = None
             try:
-                async with self.session.post(backend.url + request.path_qs, data=again, headers=headers) as upstream:
-                    if upstream.status != 200:
-                        self.pool.failed(backend, f"answered {upstream.status} to a continuation")
-                        continue
-                    opening = bool(text)  # the client has its role event already
-                    async for chunk in upstream.content.iter_any():
-                        chunk = transcript.whole_events(chunk)
-                        if opening and chunk:
-                            chunk, opening = without_role_event(chunk), False
-                        if chunk:
-                            await out.write(chunk)
-                    if rest := transcript.rest():
-                        await out.write(rest)
+                head = client.head(request.method, request.path_qs, again, headers)
+                upstream = await client.request(request.method, request.path_qs, again, head)
+                if upstream.status != 200:
+                    self.pool.failed(backend, f"answered {upstream.status} to a continuation")
+                    continue
+                opening = bool(text)  # the client has its role event already
+                async for chunk in upstream.chunks():
+                    chunk = transcript.whole_events(chunk)
+                    if opening and chunk:
+                        chunk, opening = without_role_event(chunk), False
+                    if chunk:
+                        await out.write(chunk)
+                if rest := transcript.rest():
+                    await out.write(rest)
                 await out.write_eof()
                 self.pool.succeeded(backend)
                 return True
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            except UPSTREAM_ERRORS as exc:
                 self.pool.failed(backend, f"{exc.__class__.__name__} continuing a stream")
             finally:
                 backend.in_flight -= 1
+                if upstream is not None:
+                    upstream.release()
         return False
 
     def _done(self, backend: Backend, facts: RequestFacts) -> None:
@@ -263,12 +305,15 @@ class Proxy:
         self.metrics.requests.labels(facts.model or "", tried[-1].url, "502").inc()
         log_access(request, 502, facts.model, tried[-1].url, len(tried), started, why)
         names = ", ".join(b.url for b in tried)
-        return json_error(
-            f"no backend answered ({names}): {why}",
-            502,
-            "BadGateway",
-            **{"Retry-After": str(self.pool.retry_after_s())},
-        )
+        wait = str(self.pool.retry_after_s())
+        return json_error(f"no backend answered ({names}): {why}", 502, "BadGateway", **{"Retry-After": wait})
+
+
+async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in first:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
 
 
 def log_access(

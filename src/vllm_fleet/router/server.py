@@ -44,7 +44,7 @@ class Router:
         self.pool = Pool(settings=config.pool, on_eject=lambda b: self.metrics.ejections.labels(b.url).inc())
         self.pool.set_backends(config.backends)
         self.default_policy: Policy = policy(config.policy)
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # the health checks' (requests go over wire.http1)
         self.proxy: Proxy | None = None
         self.registry = (
             RegistryLink(config.registry, self.pool, config.backends, config.registry_refresh_s)
@@ -64,7 +64,7 @@ class Router:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s),
         )
-        self.proxy = Proxy(self.pool, self.session, self.metrics, retries=self.config.retries)
+        self.proxy = Proxy(self.pool, self.metrics, self.config.retries, self.config.connect_timeout_s)
         if self.registry is not None:
             await self.registry.open()
         if self.config.discover:

@@ -237,11 +237,14 @@ class Cluster:
         unschedulable: bool = False,
         gpu_resource: str = "nvidia.com/gpu",
         extended: Mapping[str, str | int] | None = None,
+        pod_cidr: str | None = None,
     ) -> dict[str, Any]:
         """Register a node as its kubelet does; ``cpu``/``memory``/``gpus`` are its allocatable (= capacity).
 
         A node that is not ready gets the ``node.kubernetes.io/not-ready:NoSchedule`` taint, as the
-        node lifecycle controller's TaintNodesByCondition adds it.
+        node lifecycle controller's TaintNodesByCondition adds it. ``pod_cidr`` is the range its pods'
+        IPs come from (``spec.podCIDR``/``podCIDRs``, as the node IPAM controller assigns them; see
+        kubelet.py).
         """
         resources: dict[str, str] = {
             "cpu": str(cpu),
@@ -285,6 +288,7 @@ class Cluster:
             "spec": {
                 **({"taints": taint_list} if taint_list else {}),
                 **({"unschedulable": True} if unschedulable else {}),
+                **({"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]} if pod_cidr else {}),
             },
             "status": {
                 "capacity": dict(resources),

@@ -22,15 +22,42 @@ stays ``ContainerCreating`` with a ``FailedMount`` event (``MountVolume.SetUp fa
 - ``NotReady``: running but not ready, an ``Unhealthy`` event ``Readiness probe failed: <message>``.
 - ``Starting``: ``ContainerCreating`` for some passes first. ``Exit``: terminates with a code.
 
-Not modelled: probes' timing, startup probes, image pulls' time (a start that works emits no
+Pod termination (https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-termination):
+the kubelet sees the deletionTimestamp, emits ``Killing`` ``Stopping container C``, runs the
+preStop hook and sends SIGTERM; the pod is removed (the kubelet's final delete) once its
+containers have exited, or when the grace period ends and they are killed. How long a container
+takes to exit is scripted, ``Run(stop_s=S)`` (its preStop drain and SIGTERM handling): the pod goes
+``min(S, deletionGracePeriodSeconds)`` after the kubelet first saw it deleting; without one it goes
+on the next pass. Meanwhile its status stays as it was (readiness is still reported, so its
+EndpointSlice endpoint is ``serving`` and ``terminating``).
+
+Pod IPs: from the node's ``spec.podCIDR`` when it has one (``add_node(pod_cidr=...)``), as the
+host-local IPAM plugin hands them out (https://www.cni.dev/plugins/current/ipam/host-local/: from
+the subnet's ``.2``, ``.1`` being the gateway, each next one after the last handed out, so a new
+pod does not get the address a pod just gave back); without one from the fake's pool of 10.x
+addresses. A test can give nodes loopback CIDRs (``127.0.1.0/24``: Linux routes all of 127/8 to
+``lo``) and run a real server at a pod's IP.
+
+HTTP readiness probes, when ``http_probes`` is set: a running container's ``readinessProbe.httpGet``
+is sent to ``podIP:port`` (a named port looked up in the container's ports) each pass, ready when it
+answers 200-399 within ``timeoutSeconds`` (``pkg/probe/http/http.go``; default 1 s), so a pod is
+ready once the real server behind its IP answers. Off by default (the 10.x pod IPs lead nowhere);
+a script other than ``Run`` still decides. The probe runs inside the pass, under the store lock: a
+server that accepts and never answers stalls the fake for ``timeoutSeconds``.
+
+Not modelled: probes' timing (each pass, not ``periodSeconds``; no failure or success thresholds),
+startup and liveness probes, image pulls' time (a start that works emits no
 ``Pulling``/``Pulled``/``Created``/``Started`` events), resource limits (no OOM unless scripted with
-``CrashLoop(exit_code=137, reason="OOMKilled")``), graceful termination time (a deleting pod is
-removed on the next pass, after a ``Killing`` event).
+``CrashLoop(exit_code=137, reason="OOMKilled")``), the ``minimumGracePeriodInSeconds`` of 2 s and
+the preStop hook's own share of the grace period.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
+import ipaddress
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,9 +71,10 @@ COMPONENT = "kubelet"
 
 @dataclass(frozen=True)
 class Run:
-    """Start and be ready (the default)."""
+    """Start and be ready (the default); once the pod is deleted, take ``stop_s`` to exit (preStop, SIGTERM)."""
 
     logs: str = ""
+    stop_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -248,6 +276,7 @@ class Kubelet:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.scripts: list[Script] = []
+        self.http_probes = False  # send readinessProbe.httpGet to podIP:port (a real server must be there)
 
     def _runtime(self, pod_uid: str, name: str) -> _Runtime:
         pods = self.store.memo.setdefault("kubelet", {})
@@ -282,20 +311,36 @@ class Kubelet:
         )
 
     def _stop(self, pod: Mapping[str, Any], node: Mapping[str, Any]) -> None:
-        """Kill the containers and make the final delete (grace 0)."""
+        """Stop the containers (``Killing``), then, once they have exited, make the final delete (grace 0)."""
         meta = pod["metadata"]
-        for status in (pod.get("status") or {}).get("containerStatuses") or ():
-            if "running" in (status.get("state") or {}):
-                self._event(
-                    pod,
-                    node,
-                    "Normal",
-                    "Killing",
-                    f"Stopping container {status['name']}",
-                    f"spec.containers{{{status['name']}}}",
-                )
+        stopping: dict[str, float] = self.store.memo.setdefault("kubelet-stopping", {})
+        if meta["uid"] not in stopping:
+            for status in (pod.get("status") or {}).get("containerStatuses") or ():
+                if "running" in (status.get("state") or {}):
+                    self._event(
+                        pod,
+                        node,
+                        "Normal",
+                        "Killing",
+                        f"Stopping container {status['name']}",
+                        f"spec.containers{{{status['name']}}}",
+                    )
+            takes = max(
+                (
+                    b.stop_s
+                    for c in (pod.get("spec") or {}).get("containers") or ()
+                    if isinstance(b := behaviour_for(self.scripts, pod, c["name"]), Run)
+                ),
+                default=0.0,
+            )
+            grace = float(meta.get("deletionGracePeriodSeconds") or 0)
+            stopping[meta["uid"]] = time.monotonic() + min(takes, grace)
+        if time.monotonic() < stopping[meta["uid"]]:
+            return  # still in its preStop hook or handling SIGTERM: it goes once its containers exit
+        stopping.pop(meta["uid"], None)
         if self.store.end_grace(("", "pods"), meta["namespace"], meta["name"]) is None:
             self.store.memo.get("kubelet", {}).pop(meta["uid"], None)
+            self.store.memo.get("kubelet-ips", {}).pop(meta["uid"], None)
 
     def _advance(
         self, pod: Mapping[str, Any], node: Mapping[str, Any], c: Mapping[str, Any], path: str, policy: str
@@ -400,12 +445,55 @@ class Kubelet:
         status["state"] = {"running": {"startedAt": rt.started_at}}
         status["started"] = True
         status["containerID"] = _container_id(meta["uid"], name, rt.restarts)
-        if isinstance(behaviour, NotReady):
-            text = f"Readiness probe failed: {behaviour.message}"
-            self._event(pod, node, "Warning", "Unhealthy", text, f"{path}{{{name}}}")
+        failed = self._probe(pod, node, c) if isinstance(behaviour, Run) and self.http_probes else None
+        if isinstance(behaviour, NotReady) or failed:
+            why = behaviour.message if isinstance(behaviour, NotReady) else failed
+            self._event(pod, node, "Warning", "Unhealthy", f"Readiness probe failed: {why}", f"{path}{{{name}}}")
         else:
             status["ready"] = True
         return self._with_last(status, rt)
+
+    def _probe(self, pod: Mapping[str, Any], node: Mapping[str, Any], c: Mapping[str, Any]) -> str | None:
+        """The readinessProbe's httpGet against podIP:port: None when it passes (or there is none), else why."""
+        get = (c.get("readinessProbe") or {}).get("httpGet")
+        if not get:
+            return None
+        port = get.get("port")
+        if isinstance(port, str) and not port.isdigit():
+            port = next((p["containerPort"] for p in c.get("ports") or () if p.get("name") == port), None)
+            if port is None:
+                return f"unknown port {get.get('port')!r}"
+        timeout = float((c.get("readinessProbe") or {}).get("timeoutSeconds", 1))
+        conn = http.client.HTTPConnection(self._pod_ip(pod, node), int(port), timeout=timeout)
+        try:
+            conn.request("GET", get.get("path", "/"), headers={"User-Agent": "kube-probe/1.30"})
+            code = conn.getresponse().status
+        except OSError as exc:  # the kubelet's words for a refused or timed-out probe
+            return f'Get "http://{self._pod_ip(pod, node)}:{port}{get.get("path", "/")}": {exc}'
+        finally:
+            conn.close()
+        return None if 200 <= code < 400 else f"HTTP probe failed with statuscode: {code}"
+
+    def _pod_ip(self, pod: Mapping[str, Any], node: Mapping[str, Any]) -> str:
+        """The pod's IP: the one it has, or the next from the node's podCIDR (host-local), or the fake's pool."""
+        have = (pod.get("status") or {}).get("podIP")
+        if have:
+            return str(have)
+        ips: dict[str, str] = self.store.memo.setdefault("kubelet-ips", {})
+        uid = pod["metadata"]["uid"]
+        if uid not in ips:
+            cidr = (node.get("spec") or {}).get("podCIDR")
+            if cidr:
+                net = ipaddress.ip_network(cidr)
+                last: dict[str, int] = self.store.memo.setdefault("kubelet-last-ip", {})
+                offset = last.get(cidr, 1) + 1  # .1 is the gateway; after the last one handed out
+                if offset >= net.num_addresses - 1:
+                    offset = 2  # host-local wraps round to the range start
+                last[cidr] = offset
+                ips[uid] = str(net[offset])
+            else:
+                ips[uid] = self.store.next_ip()
+        return ips[uid]
 
     @staticmethod
     def _with_last(status: dict[str, Any], rt: _Runtime) -> dict[str, Any]:
@@ -500,7 +588,7 @@ class Kubelet:
             status["hostIP"] = addresses[0]["address"]
             status["hostIPs"] = [{"ip": addresses[0]["address"]}]
             if not status.get("podIP"):
-                status["podIP"] = self.store.next_ip()
+                status["podIP"] = self._pod_ip(p, node)
                 status["podIPs"] = [{"ip": status["podIP"]}]
             status.setdefault("startTime", stamp)
             if init_statuses:

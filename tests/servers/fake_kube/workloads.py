@@ -8,9 +8,18 @@
   Available (MinimumReplicasAvailable / MinimumReplicasUnavailable against maxUnavailable) and
   Progressing (NewReplicaSetCreated, ReplicaSetUpdated, NewReplicaSetAvailable, and
   ProgressDeadlineExceeded once progressDeadlineSeconds pass without progress or when told).
-  Simplified: a RollingUpdate brings the new ReplicaSet to full size at once and scales the old
-  ones to zero when it is available (maxSurge 100%); Recreate scales the old ones down first.
-  minReadySeconds, pausing, rollback and revision history pruning are not modelled.
+  A RollingUpdate steps as ``deployment/rolling.go`` does each sync: ``reconcileNewReplicaSet``
+  scales the new ReplicaSet up to at most replicas + maxSurge pods in all ReplicaSets' spec
+  (``NewRSNewReplicas``), then ``reconcileOldReplicaSets`` scales the old ones (oldest first) down
+  while at least replicas - maxUnavailable pods stay available, first the old pods that are not
+  available (``cleanupUnhealthyReplicas``), then available ones
+  (``scaleDownOldReplicaSetsForRollingUpdate``). maxSurge rounds up, maxUnavailable down, both
+  25% by default, and both 0 means maxUnavailable 1 (``ResolveFenceposts``). A terminating pod
+  counts for nothing (the ReplicaSet's status leaves it out, ``FilterActivePods``), so an old pod
+  still in its grace period does not hold the rollout back, as in 1.30 (the
+  ``terminatingReplicas`` of later releases is not modelled). Recreate scales the old ones down
+  first. minReadySeconds (available = ready), pausing, rollback, proportional scaling of a
+  Deployment resized mid-rollout and revision history pruning are not modelled.
 - ReplicaSet (``pkg/controller/replicaset``): creates or deletes pods to spec.replicas
   (``SuccessfulCreate`` ``Created pod: NAME``), status counts; a refused create (a missing
   ServiceAccount) is a ``FailedCreate`` event ``Error creating: <the API's message>`` and the
@@ -97,6 +106,36 @@ def _active(pod: Mapping[str, Any]) -> bool:
     )
 
 
+def _replicas(rs: Mapping[str, Any] | None) -> int:
+    return int(((rs or {}).get("spec") or {}).get("replicas", 0))
+
+
+def _available(rs: Mapping[str, Any] | None) -> int:
+    return int(((rs or {}).get("status") or {}).get("availableReplicas", 0))
+
+
+def _fenceposts(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """(maxSurge, maxUnavailable) as pods (``deployment_util.go`` ResolveFenceposts)."""
+    replicas = int(spec.get("replicas", 1))
+    rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
+    surge = _int_or_percent(rolling.get("maxSurge", "25%"), replicas, True)
+    unavailable = _int_or_percent(rolling.get("maxUnavailable", "25%"), replicas, False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1  # "both 0 would never make progress"
+    return surge, unavailable
+
+
+def _new_rs_replicas(spec: Mapping[str, Any], new_rs: Mapping[str, Any] | None, old: list[dict[str, Any]]) -> int:
+    """The new ReplicaSet's size this sync (``reconcileNewReplicaSet`` and ``NewRSNewReplicas``)."""
+    replicas = int(spec.get("replicas", 1))
+    current = _replicas(new_rs)
+    if current >= replicas:
+        return replicas
+    surge, _ = _fenceposts(spec)
+    total = current + sum(_replicas(rs) for rs in old)  # GetReplicaCountForReplicaSets: spec, not status
+    return current + max(0, min(replicas + surge - total, replicas - current))
+
+
 def _set_condition(status: dict[str, Any], cond: dict[str, Any], *, touch: bool = True) -> None:
     """Set a workload condition: lastTransitionTime moves with the status, lastUpdateTime when ``touch``."""
     conds = status.setdefault("conditions", [])
@@ -146,6 +185,8 @@ class Controllers:
         )
         created = False
         desired = 0 if recreate and old_pods_left else replicas
+        if not recreate:
+            desired = _new_rs_replicas(spec, new_rs, old)
         if new_rs is None:
             revision = 1 + max(
                 (int((rs["metadata"].get("annotations") or {}).get(REVISION, "0")) for rs in rses), default=0
@@ -155,12 +196,48 @@ class Controllers:
             self.timed_out.discard(uid)
         elif int((new_rs.get("spec") or {}).get("replicas", 0)) != desired:
             new_rs = self._scale(d, new_rs, desired) or new_rs
-        new_available = (new_rs.get("status") or {}).get("availableReplicas", 0) >= replicas
-        for rs in old:
-            if int((rs.get("spec") or {}).get("replicas", 0)) and (recreate or new_available):
-                self._scale(d, rs, 0)
+        if recreate:
+            for rs in old:
+                if int((rs.get("spec") or {}).get("replicas", 0)):
+                    self._scale(d, rs, 0)
+        else:
+            self._scale_down_old(d, new_rs, old)
         rses = [rs for rs in self.store.objects(("apps", "replicasets"), ns) if controlled_by(rs, uid)]
         self._deployment_status(d, rses, new_rs["metadata"]["name"], created)
+
+    def _scale_down_old(self, d: Mapping[str, Any], new_rs: Mapping[str, Any], old: list[dict[str, Any]]) -> None:
+        """``reconcileOldReplicaSets``: old pods go while replicas - maxUnavailable stay available."""
+        spec = d.get("spec") or {}
+        old_count = sum(_replicas(rs) for rs in old)
+        if not old_count:
+            return
+        _, unavailable = _fenceposts(spec)
+        min_available = int(spec.get("replicas", 1)) - unavailable
+        new_unavailable = _replicas(new_rs) - _available(new_rs)
+        max_scaled_down = old_count + _replicas(new_rs) - min_available - new_unavailable
+        if max_scaled_down <= 0:
+            return
+        old = sorted(old, key=lambda rs: (rs["metadata"]["creationTimestamp"], rs["metadata"]["name"]))
+        sizes = [_replicas(rs) for rs in old]
+        cleaned = 0  # cleanupUnhealthyReplicas: the old pods that are not available go first
+        for i, rs in enumerate(old):
+            if cleaned >= max_scaled_down:
+                break
+            if sizes[i] and sizes[i] != _available(rs):
+                down = min(max_scaled_down - cleaned, sizes[i] - _available(rs))
+                sizes[i] -= down
+                cleaned += down
+        # scaleDownOldReplicaSetsForRollingUpdate: then available ones, down to min_available
+        extra = sum(_available(rs) for rs in old) + _available(new_rs) - min_available
+        for i in range(len(old)):
+            if extra <= 0:
+                break
+            down = min(sizes[i], extra)
+            sizes[i] -= down
+            extra -= down
+        for rs, size in zip(old, sizes, strict=True):
+            if size != _replicas(rs):
+                self._scale(d, rs, size)
 
     def _create_rs(
         self, d: Mapping[str, Any], template: dict[str, Any], hash_: str, size: int, revision: int
@@ -195,8 +272,9 @@ class Controllers:
             },
         }
         created = self.store.system_create(rs, manager=MANAGER)
-        message = f"Scaled up replica set {created['metadata']['name']} from 0 to {size}"
-        events.emit(self.store, d, "Normal", "ScalingReplicaSet", message, "deployment-controller")
+        if size > 0:  # sync.go getNewReplicaSet: no event for a new ReplicaSet created at 0 (maxSurge 0)
+            message = f"Scaled up replica set {created['metadata']['name']} from 0 to {size}"
+            events.emit(self.store, d, "Normal", "ScalingReplicaSet", message, "deployment-controller")
         return created
 
     def _scale(self, d: Mapping[str, Any], rs: Mapping[str, Any], size: int) -> dict[str, Any] | None:

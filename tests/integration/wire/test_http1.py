@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from vllm_fleet.bench import http1
+from vllm_fleet.wire import http1
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,7 @@
-"""The load generator's HTTP/1.1 client: keep-alive connections, one write per request.
+"""The HTTP/1.1 client of the load generator and of the router's upstream requests: keep-alive
+connections, one write per request.
 
-Why not aiohttp here (it still moves the weights' bytes): on its send path a
+Why not aiohttp here (it still moves the weights' bytes, and the router's health checks): on its send path a
 request is built (~0.1 ms) and its body written from a task of its own, one
 event-loop pass after the call; at 500 req/s that put the client's own send lag
 at p99 1.2-1.8 ms. Here a request is a single ``transport.write`` of bytes
@@ -16,7 +17,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -188,7 +189,7 @@ class _Connection(asyncio.Protocol):
 class Client:
     """Requests to one origin (``http://`` or ``https://``) over a pool of keep-alive connections."""
 
-    def __init__(self, base_url: str, headers: dict[str, str] | None = None):
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None, connect_timeout_s: float | None = None):
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -202,11 +203,13 @@ class Client:
         self._fixed_head = "".join(f"{line}\r\n" for line in lines).encode("latin-1")
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
+        self._connect_timeout_s = connect_timeout_s
 
-    def head(self, method: str, path: str, body: bytes) -> bytes:
-        """The request's head: build it once per distinct request and reuse it."""
+    def head(self, method: str, path: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> bytes:
+        """The request's head (``headers`` after Host): build it once per distinct request and reuse it."""
         first = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("latin-1")
-        return first + self._fixed_head + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        more = "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1")
+        return first + self._fixed_head + more + f"Content-Length: {len(body)}\r\n\r\n".encode()
 
     def send_now(self, method: str, path: str, body: bytes = b"", head: bytes | None = None) -> Response | None:
         """Send on an idle keep-alive connection within the caller's step; None when none is idle."""
@@ -221,9 +224,8 @@ class Client:
         response = self.send_now(method, path, body, head)
         if response is None:
             loop = asyncio.get_running_loop()
-            _, connection = await loop.create_connection(
-                lambda: _Connection(self), self._host, self._port, ssl=self._ssl
-            )
+            connecting = loop.create_connection(lambda: _Connection(self), self._host, self._port, ssl=self._ssl)
+            _, connection = await asyncio.wait_for(connecting, self._connect_timeout_s)
             self._open.add(connection)
             response = connection.send(self._bytes(method, path, body, head))
         return await response.ready()
@@ -244,5 +246,11 @@ class Client:
 
     def close(self) -> None:
         for connection in list(self._open):
+            connection.transport.close()
+        self._idle.clear()
+
+    def close_idle(self) -> None:
+        """Close the connections no request uses (those in use close once their response is done)."""
+        for connection in self._idle:
             connection.transport.close()
         self._idle.clear()
