@@ -68,21 +68,16 @@ def up(
     as_json: bool = JsonOpt,
 ) -> None:
     """Preflight, stage or apply, start the replicas, wait until they serve, verify, print the endpoints."""
-    from vllm_fleet.cli.live import LiveReporter
+    from vllm_fleet.cli.live import reporting
     from vllm_fleet.cli.verify import print_reports
     from vllm_fleet.ops import lifecycle
     from vllm_fleet.plan import load_plan
-    from vllm_fleet.targets.base import QUIET
 
     options = _options(kubeconfig, context, force_conflicts=force_conflicts, timeout_s=timeout)
     with errors(as_json):
         plan = load_plan(spec, env)
-        report = QUIET if as_json else LiveReporter(console, f"starting {plan.name}")
-        try:
+        with reporting(as_json, f"starting {plan.name}") as report:
             outcome = run(lifecycle.up(plan, report, verify=not skip_verify, options=options))
-        finally:
-            if isinstance(report, LiveReporter):
-                report.close()
     if as_json:
         print_json(outcome.to_dict())
     else:
@@ -107,19 +102,14 @@ def restart(
     as_json: bool = JsonOpt,
 ) -> None:
     """Replace the replicas one at a time (the spec as it is now), each drained through the router first."""
-    from vllm_fleet.cli.live import LiveReporter
+    from vllm_fleet.cli.live import reporting
     from vllm_fleet.ops import lifecycle
     from vllm_fleet.plan import load_plan
-    from vllm_fleet.targets.base import QUIET
 
     with errors(as_json):
         plan = load_plan(spec, env)
-        report = QUIET if as_json else LiveReporter(console, f"restarting {plan.name}")
-        try:
+        with reporting(as_json, f"restarting {plan.name}") as report:
             result = run(lifecycle.restart(plan, report, _options(kubeconfig, context)))
-        finally:
-            if isinstance(report, LiveReporter):
-                report.close()
     if as_json:
         print_json({"replicas": [r.to_dict() for r in result.replicas]})
         return

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.live import Live
 from rich.status import Status
 from rich.table import Table
 
-from vllm_fleet.targets.base import Reporter
+from vllm_fleet.targets.base import QUIET, Reporter
 
 
 class LiveReporter(Reporter):
@@ -63,3 +66,18 @@ class LiveReporter(Reporter):
         for i, (url, state) in sorted(self.rows.items()):
             table.add_row(str(i), url, "[green]healthy[/]" if state == "healthy" else state)
         return table
+
+
+@contextmanager
+def reporting(quiet: bool, title: str) -> Iterator[Reporter]:
+    """A LiveReporter on the console (closed on the way out, also on failure), or the silent one (``--json``)."""
+    if quiet:
+        yield QUIET
+        return
+    from vllm_fleet.cli.common import console
+
+    live = LiveReporter(console, title)
+    try:
+        yield live
+    finally:
+        live.close()

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from vllm_fleet.cli.common import JsonOpt, console, err_console, errors, print_json, run
+from vllm_fleet.registry import REGISTRY_ENV
 
 if TYPE_CHECKING:
     from vllm_fleet.registry import Registry
@@ -18,7 +19,7 @@ T = TypeVar("T")
 RegistryOpt = typer.Option(
     None,
     "--registry",
-    envvar="VLLM_FLEET_REGISTRY",
+    envvar=REGISTRY_ENV,
     help="sqlite:///PATH or postgresql://USER@HOST/DB (default: registry.sqlite in $VLLM_FLEET_CACHE "
     "or .cache/vllm-fleet).",
     show_default=False,

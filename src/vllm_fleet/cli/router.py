@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from vllm_fleet.cli.common import errors, run
+from vllm_fleet.registry import REGISTRY_ENV
 
 
 def router(
@@ -14,7 +15,9 @@ def router(
     policy: str = typer.Option("prefix", help="prefix | least-load | round-robin | session."),
     retries: int = typer.Option(2, min=0, max=10, help="Other backends tried before the first response byte."),
     registry: str | None = typer.Option(
-        None, help="Models and keys: sqlite:///PATH or postgresql://... (shared by router replicas)."
+        None,
+        envvar=REGISTRY_ENV,
+        help="Models and keys: sqlite:///PATH or postgresql://... (shared by router replicas).",
     ),
     discover_k8s: str | None = typer.Option(
         None, "--discover-k8s", help="NAMESPACE/SERVICE:PORT: route to that Service's ready endpoints (in a pod)."

@@ -92,8 +92,7 @@ async def up(
     verified = bool(reports) and all(r.passed for r in reports)
     if verified or not verify:
         await target.publish(report)
-    async with target.endpoints() as endpoints:
-        return UpOutcome(findings, started, reports, verified=verified, endpoints=endpoints)
+    return UpOutcome(findings, started, reports, verified=verified, endpoints=target.client_endpoints(started))
 
 
 async def measured_where_clients_are(

@@ -20,6 +20,7 @@ from vllm_fleet.registry.base import Registry
 from vllm_fleet.registry.records import Deployment, KeyLimits, Route
 
 __all__ = [
+    "REGISTRY_ENV",
     "Deployment",
     "KeyLimits",
     "Registry",
@@ -32,6 +33,9 @@ __all__ = [
 
 ACCEPTED = "sqlite:///PATH (sqlite:////ABSOLUTE/PATH) or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
 CACHE_ENV = "VLLM_FLEET_CACHE"
+# The registry URL from the environment (or a Kubernetes Secret's key): a URL with a password never goes
+# into a spec, a command line or a manifest.
+REGISTRY_ENV = "VLLM_FLEET_REGISTRY"
 DEFAULT_CACHE = ".cache/vllm-fleet"  # spec.cache.dir's default
 
 

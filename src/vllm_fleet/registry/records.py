@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vllm_fleet.errors import SpecError
-from vllm_fleet.spec.schema import ROUTER_POLICIES
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,8 @@ class Deployment:
         endpoints = tuple(dict.fromkeys(url.strip() for url in self.endpoints if url.strip()))
         if not endpoints:
             raise SpecError(f"deployment {self.name!r} has no endpoints", fix="register it after its replicas are up")
+        from vllm_fleet.spec.schema import ROUTER_POLICIES  # here: the schema's import is heavy for the CLI
+
         if self.policy not in ROUTER_POLICIES:
             raise SpecError(
                 f"deployment {self.name!r}: unknown routing policy {self.policy!r}",

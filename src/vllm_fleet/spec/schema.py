@@ -168,6 +168,7 @@ class SecretRefs(_Strict):
 
     hf_token: str | None = Field(None, description="Secret with key HF_TOKEN")
     s3: str | None = Field(None, description="Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    registry: str | None = Field(None, description="Secret with key VLLM_FLEET_REGISTRY: the router's registry URL")
 
 
 class KubernetesSpec(_Strict):
@@ -280,8 +281,23 @@ class RouterSpec(_Strict):
     replicas: int = Field(2, gt=0, description="kubernetes: router pods")
     retries: int = Field(2, ge=0, le=10, description="other backends tried before the first response byte")
     registry: str | None = Field(
-        None, description="sqlite:///PATH or postgresql://... (default: sqlite under cache.dir)"
+        None,
+        description="sqlite:///PATH or postgresql://USER@HOST/DB (default: sqlite under cache.dir); a password "
+        "comes from the environment (VLLM_FLEET_REGISTRY) or kubernetes.secrets.registry, never the spec",
     )
+
+    @field_validator("registry")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value and urlsplit(value).password:
+            raise ValueError(
+                "router.registry carries a password, which would end up in manifests and logs; put the whole URL "
+                "in VLLM_FLEET_REGISTRY (local) or a Secret named by kubernetes.secrets.registry (key "
+                "VLLM_FLEET_REGISTRY), and drop router.registry"
+            )
+        return value
 
 
 class MonitoringSpec(_Strict):

@@ -169,6 +169,10 @@ class Target(ABC):
     @abstractmethod
     def endpoints(self, direct: bool = False) -> AbstractAsyncContextManager[list[str]]: ...
 
+    def client_endpoints(self, started: UpResult) -> list[str]:
+        """Where clients connect once ``up`` is done: each replica, unless a router stands in front."""
+        return [r.url for r in started.replicas if r.role == "engine"]
+
     async def publish(self, report: Reporter = QUIET) -> None:  # noqa: B027 (a hook: most targets need nothing)
         """Make the verified replicas routable (a target whose router follows readiness needs nothing)."""
 

@@ -151,6 +151,9 @@ class LocalTarget(Target):
         ticks = process.start_ticks(proc.pid) or 0
         add_record(run_dir, ProcessRecord("supervisor", 0, proc.pid, ticks, 0, "", str(log)))
 
+    def client_endpoints(self, started: UpResult) -> list[str]:
+        return self.plan.endpoints  # the router's, or each replica's when there is none
+
     async def publish(self, report: Reporter = QUIET) -> None:
         if self.plan.router_port is None:
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -17,23 +18,30 @@ import httpx
 
 from vllm_fleet.errors import EngineError
 from vllm_fleet.plan import Plan
+from vllm_fleet.registry import REGISTRY_ENV
 from vllm_fleet.targets.local.health import log_tail
 
 START_TIMEOUT_S = 30.0
 ROUTABLE_TIMEOUT_S = 15.0
 
 
+def registry_url(plan: Plan) -> str:
+    return os.environ.get(REGISTRY_ENV) or plan.registry_url
+
+
 def router_command(plan: Plan) -> list[str]:
-    """`vllm-fleet router` in front of the plan's replicas, reading the plan's registry."""
+    """`vllm-fleet router` in front of the plan's replicas, reading the plan's registry (from the environment
+    when VLLM_FLEET_REGISTRY is set: the router inherits it, and the command line, logged, stays clean)."""
     spec = plan.spec
     assert plan.router_port is not None
+    registry = [] if os.environ.get(REGISTRY_ENV) else ["--registry", plan.registry_url]
     return [
         sys.executable, "-m", "vllm_fleet.cli", "router",
         "--host", spec.local.host,
         "--port", str(plan.router_port),
         "--policy", spec.router.policy,
         "--retries", str(spec.router.retries),
-        "--registry", plan.registry_url,
+        *registry,
         "--shutdown-timeout", str(spec.availability.drain_timeout_s),
     ]  # fmt: skip
 
@@ -65,7 +73,7 @@ async def publish(plan: Plan, router_url: str, replicas: list[str]) -> None:
     from vllm_fleet.registry import Deployment, open_registry
 
     deployment = Deployment(plan.name, plan.served_name, tuple(replicas), plan.spec.router.policy)
-    async with await open_registry(plan.registry_url) as registry:
+    async with await open_registry(registry_url(plan)) as registry:
         await registry.register(deployment)
     wanted = set(replicas)
     deadline = time.monotonic() + ROUTABLE_TIMEOUT_S
@@ -88,7 +96,7 @@ async def unpublish(plan: Plan, router_url: str | None) -> None:
     """Deregister the plan's replicas; a running router stops sending them new requests at once."""
     from vllm_fleet.registry import open_registry
 
-    async with await open_registry(plan.registry_url) as registry:
+    async with await open_registry(registry_url(plan)) as registry:
         await registry.deregister(plan.name)
     if router_url:
         async with httpx.AsyncClient(trust_env=False, timeout=5) as client:

@@ -243,3 +243,22 @@ def test_the_router_command_parses_with_the_router_cli() -> None:
     context = click_command.make_context("router", command["command"][2:])
     assert context.params["shutdown_timeout"] == plan.derived["router_shutdown_timeout_s"].value
     assert context.params["discover_k8s"] == f"{plan.spec.kubernetes.namespace}/{plan.name}-engine:8000"
+
+
+def test_a_registry_with_a_password_comes_from_a_secret_never_the_manifest() -> None:
+    from vllm_fleet.errors import SpecError
+    from vllm_fleet.spec import parse_spec
+
+    with pytest.raises(SpecError, match=r"router\.registry carries a password") as info:
+        parse_spec(_spec(router={"registry": "postgresql://fleet:hunter2@db:5432/fleet"}))
+    assert "hunter2" not in str(info.value.message) + str(info.value.details or "") + str(info.value.fix or "")
+    objects = _render(
+        _spec(router={"registry": "postgresql://fleet@db/fleet"}, kubernetes={"secrets": {"registry": "fleet-db"}})
+    )
+    container = _by(objects, "Deployment", "m-router")["spec"]["template"]["spec"]["containers"][0]
+    assert "--registry" not in container["command"]  # the Secret's URL (with its password) wins
+    [env] = [e for e in container["env"] if e["name"] == "VLLM_FLEET_REGISTRY"]
+    assert env["valueFrom"] == {"secretKeyRef": {"name": "fleet-db", "key": "VLLM_FLEET_REGISTRY"}}
+    plain = _render(_spec(router={"registry": "postgresql://fleet@db/fleet"}))
+    command = _by(plain, "Deployment", "m-router")["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--registry") + 1] == "postgresql://fleet@db/fleet"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from vllm_fleet.plan import Plan
 from vllm_fleet.plan.budgets import ROUTER_PRESTOP_SLEEP_S
+from vllm_fleet.registry import REGISTRY_ENV
 from vllm_fleet.targets.kubernetes.manifests.network import SCRAPER_NAMESPACE, group_peers
 from vllm_fleet.targets.kubernetes.manifests.objects import (
     TMP_MOUNT,
@@ -58,9 +59,17 @@ def command(plan: Plan) -> list[str]:
     out = ["vllm-fleet", "router", "--discover-k8s", discover_target(plan), "--host", "0.0.0.0", "--port", str(port)]
     out += ["--policy", router.policy, "--retries", str(router.retries)]
     out += ["--shutdown-timeout", str(plan.derived["router_shutdown_timeout_s"].value)]
-    if router.registry:
+    if router.registry and not plan.spec.kubernetes.secrets.registry:  # else the Secret's VLLM_FLEET_REGISTRY
         out += ["--registry", router.registry]
     return out
+
+
+def registry_env(plan: Plan) -> list[Obj]:
+    """The registry URL from a Secret, when it holds a password (never in the manifest itself)."""
+    secret = plan.spec.kubernetes.secrets.registry
+    if not secret:
+        return []
+    return [{"name": REGISTRY_ENV, "valueFrom": {"secretKeyRef": {"name": secret, "key": REGISTRY_ENV}}}]
 
 
 def service_account(plan: Plan) -> Obj:
@@ -156,7 +165,7 @@ def _container(plan: Plan) -> Obj:
         "image": plan.spec.kubernetes.image,
         "imagePullPolicy": "IfNotPresent",
         "command": command(plan),
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        "env": [{"name": "HOME", "value": "/tmp"}, *registry_env(plan)],
         "ports": [{"name": "http", "containerPort": plan.spec.kubernetes.port, "protocol": "TCP"}],
         "resources": {
             "requests": {"cpu": "250m", "memory": "256Mi"},

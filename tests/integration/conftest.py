@@ -1,4 +1,5 @@
-"""The registry contract runs once per backend: ``registry_url`` is an SQLite file or a fresh PostgreSQL database."""
+"""Integration fixtures shared by the registry and router tests: a registry URL per backend kind (an SQLite
+file, a fresh PostgreSQL database)."""
 
 from __future__ import annotations
 
