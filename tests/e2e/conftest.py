@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.servers.fake_engine import free_ports
 
 CLI = str(Path(sys.executable).parent / "vllm-fleet")
 
@@ -29,9 +30,9 @@ class Served:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A base port with the ports above it free too (the router takes it, replicas the next ones, a rolling
+    restart's replacements the ones after)."""
+    return free_ports(5)
 
 
 def write_spec(

@@ -348,6 +348,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports, below Linux's ephemeral range (32768-60999 by default)
+    so that no client connection takes one of them between this check and the servers' bind."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(20000, 32768 - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
 def argv(port: int, *flags: str) -> list[str]:
     """The command line of a fake engine on ``port``."""
     return [sys.executable, str(Path(__file__).resolve()), "--port", str(port), *flags]

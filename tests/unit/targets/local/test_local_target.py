@@ -88,11 +88,12 @@ def make_plan(
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"\0" * 4096)
+    base = fake_engine.free_ports(2 * replicas + 1)  # the router, the replicas, a rolling restart's replacements
     text = (
         "name: fake\n"
         f"model: {{source: {model.as_uri()}, served_name: {SERVED}}}\n"
         f"cache: {{dir: {tmp_path / 'cache'}}}\n"
-        f"local: {{base_port: {fake_engine.free_port()}, start_timeout_s: {start_timeout_s}, prefetch: false, "
+        f"local: {{base_port: {base}, start_timeout_s: {start_timeout_s}, prefetch: false, "
         f"supervise: {str(supervise).lower()}}}\n"
         f"replicas: {replicas}\n"
         f"router: {{enabled: {str(router).lower()}}}\n"
