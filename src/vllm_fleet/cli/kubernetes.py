@@ -12,15 +12,36 @@ from vllm_fleet.cli.common import EnvOpt, JsonOpt, SpecArg, console, err_console
 OutOpt = typer.Option(None, "--output", "-o", help="Write one file per object and a kustomization.yaml here.")
 
 
-def render(spec: str = SpecArg, env: str | None = EnvOpt, out: Path | None = OutOpt, as_json: bool = JsonOpt) -> None:
+def render(
+    spec: str = SpecArg,
+    env: str | None = EnvOpt,
+    out: Path | None = OutOpt,
+    batch: str | None = typer.Option(
+        None, "--batch", help="Render only a batch Job instead: its input JSONL, a path on --batch-claim."
+    ),
+    batch_output: str = typer.Option("output.jsonl", help="The batch Job's output, a path on --batch-claim."),
+    batch_claim: str | None = typer.Option(None, help="The PersistentVolumeClaim holding the batch's files."),
+    batch_eval: str | None = typer.Option(None, help="The batch Job's --eval metric (its report beside the output)."),
+    as_json: bool = JsonOpt,
+) -> None:
     """Render SPEC as Kubernetes YAML (stdout, or files under -o DIR); lint warnings go to stderr."""
+    from vllm_fleet.errors import SpecError
     from vllm_fleet.plan import load_plan
+    from vllm_fleet.targets.kubernetes.manifests.batch import BatchJob, batch_job
     from vllm_fleet.targets.kubernetes.manifests.render import render as build
     from vllm_fleet.targets.kubernetes.manifests.render import to_yaml, write_dir
 
     with errors(as_json):
         plan = load_plan(spec, env)
-        objects = build(plan)
+        if batch is not None and not batch_claim:
+            raise SpecError(
+                "--batch needs --batch-claim: the claim its input and output live on", fix="add --batch-claim NAME"
+            )
+        objects = (
+            [batch_job(plan, BatchJob(batch_claim, batch, batch_output, batch_eval))]
+            if batch and batch_claim
+            else build(plan)
+        )
         written = write_dir(objects, out) if out else []
     for warning in plan.lint:
         err_console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
