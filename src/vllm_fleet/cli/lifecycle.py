@@ -189,7 +189,9 @@ def status(
     for s in rows:
         pid = f" pid {s.replica.pid}" if s.replica.pid is not None else ""
         name = f"replica {s.replica.index}" if s.replica.role == "engine" else s.replica.role
-        console.print(f"{name}: {s.replica.url}{pid} {s.state}")
+        where = f" {s.replica.url}" if s.replica.url else ""
+        state = ("running" if s.alive else "dead") if s.replica.role == "supervisor" else s.state
+        console.print(f"{name}:{where}{pid} {state}")
     if rows and not all(s.healthy for s in rows):
         raise typer.Exit(1)
 

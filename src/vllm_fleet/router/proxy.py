@@ -217,15 +217,23 @@ class Proxy:
     ) -> float:
         """Write the answer's chunks as they arrive (whole SSE events when a transcript is kept); returns the
         added latency (to the client's first byte)."""
-        pending = [first] if first else []
-        first_out = True
-        async for chunk in _chain(pending, chunks):
-            if transcript is not None and not (chunk := transcript.whole_events(chunk)):
-                continue
-            await out.write(chunk)
-            if first_out:
-                added += time.perf_counter() - answered
-                first_out = False
+        if first and (transcript is None or (first := transcript.whole_events(first))):
+            await out.write(first)
+            added += time.perf_counter() - answered
+            answered = 0.0  # counted
+        if transcript is None:  # the common path, one step per chunk
+            async for chunk in chunks:
+                await out.write(chunk)
+                if answered:
+                    added += time.perf_counter() - answered
+                    answered = 0.0
+        else:
+            async for chunk in chunks:
+                if whole := transcript.whole_events(chunk):
+                    await out.write(whole)
+                    if answered:
+                        added += time.perf_counter() - answered
+                        answered = 0.0
         if transcript is not None and (rest := transcript.rest()):
             await out.write(rest)  # a last event without its blank line: the stream ended whole anyway
         return added
@@ -307,13 +315,6 @@ class Proxy:
         names = ", ".join(b.url for b in tried)
         wait = str(self.pool.retry_after_s())
         return json_error(f"no backend answered ({names}): {why}", 502, "BadGateway", **{"Retry-After": wait})
-
-
-async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    for chunk in first:
-        yield chunk
-    async for chunk in rest:
-        yield chunk
 
 
 def log_access(
