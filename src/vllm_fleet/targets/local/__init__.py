@@ -54,13 +54,21 @@ class LocalTarget(Target):
         """Records whose process group is still ours and alive."""
         return [r for r in read_state(self.plan.run_dir) if process.leader_alive(r.pid, r.start_ticks)]
 
+    _rolling = False  # up replaces running replicas (their engine settings changed) instead of starting
+
     async def preflight(self) -> list[Finding]:
         plan, findings = self.plan, []
         if alive := self.running():
+            routed = any(r.role == "router" for r in alive)
+            if routed and self._settings_changed(alive):
+                self._rolling = True
+                what = "running with other engine settings: up replaces the replicas one at a time"
+                return [Finding("running", "pass", what)]
             raise TargetError(
-                f"{plan.name} is already running ({len(alive)} replica(s), first at {alive[0].url})",
-                fix="use it; `vllm-fleet restart SPEC` applies changed settings one replica at a time without "
-                f"dropping a request; or stop it: vllm-fleet down SPEC{' --env ' + plan.env if plan.env else ''}",
+                f"{plan.name} is already running ({len(alive)} process(es), first at {alive[0].url})"
+                + (" with these settings" if routed else ""),
+                fix="use it; `vllm-fleet restart SPEC` replaces the replicas one at a time without dropping a "
+                f"request; or stop it: vllm-fleet down SPEC{' --env ' + plan.env if plan.env else ''}",
             )
         installed = engine.installed_engine()
         findings.append(Finding("engine", "pass", f"{installed.distribution} {installed.version}"))
@@ -70,19 +78,19 @@ class LocalTarget(Target):
         findings.append(Finding("ports", "pass", f"{', '.join(map(str, ports))} free on {plan.spec.local.host}"))
         return findings
 
-    async def up(self, report: Reporter = QUIET) -> UpResult:
+    def _settings_changed(self, alive: list[ProcessRecord]) -> bool:
+        """Do the running replicas run another engine command line than the spec's now (ports aside)?
+
+        The engine's environment (engine.env, kv_cache_space_gib) is not recorded: `restart` applies that."""
         plan = self.plan
-        report.phase(f"staging {plan.source}")
-        staged = await stage_async(plan.source, plan.model_dir, revision=plan.spec.model.revision)
-        how = "cached" if staged.skipped else "staged"
-        report.line(f"model: {plan.model_dir} ({staged.bytes_total / 1e6:.0f} MB, {how})")
-        if not cache.is_complete(plan.model_dir):
-            raise EngineError(
-                f"{plan.model_dir} has no completion marker: the model is not fully staged",
-                fix="run `vllm-fleet stage` for this spec (up stages before it starts)",
-            )
-        # A remote source's config.json is first readable now: check the engine settings against it.
-        check_engine_fits_model(plan.spec, config_in(plan.model_dir), f"{plan.model_dir}/config.json")
+        want = _without_port(engine.local_command(plan.spec, model_dir=str(plan.model_dir), port=0))
+        return any(_without_port(r.argv) != want for r in alive if r.role == "engine")
+
+    async def up(self, report: Reporter = QUIET) -> UpResult:
+        await self._stage(report)
+        if self._rolling:
+            return UpResult(await rolling.restart(self.plan, report), notes=["replaced the replicas one at a time"])
+        plan = self.plan
         warming = start_prefetch(plan.model_dir) if plan.spec.local.prefetch else None
         try:
             replicas = await self._start(report)
@@ -95,6 +103,20 @@ class LocalTarget(Target):
             result.extra["prefetch"] = prefetched.to_dict()
             result.notes.append(_prefetch_line(prefetched))
         return result
+
+    async def _stage(self, report: Reporter) -> None:
+        plan = self.plan
+        report.phase(f"staging {plan.source}")
+        staged = await stage_async(plan.source, plan.model_dir, revision=plan.spec.model.revision)
+        how = "cached" if staged.skipped else "staged"
+        report.line(f"model: {plan.model_dir} ({staged.bytes_total / 1e6:.0f} MB, {how})")
+        if not cache.is_complete(plan.model_dir):
+            raise EngineError(
+                f"{plan.model_dir} has no completion marker: the model is not fully staged",
+                fix="run `vllm-fleet stage` for this spec (up stages before it starts)",
+            )
+        # A remote source's config.json is first readable now: check the engine settings against it.
+        check_engine_fits_model(plan.spec, config_in(plan.model_dir), f"{plan.model_dir}/config.json")
 
     async def _start(self, report: Reporter) -> list[Replica]:
         plan = self.plan
@@ -211,6 +233,16 @@ class LocalTarget(Target):
 
     async def doctor(self) -> list[Diagnosis]:
         raise not_built("local", "doctor", "read the replica logs under the run dir (vllm-fleet status SPEC)")
+
+
+def _without_port(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg == "--port":
+            skip = not skip
+            continue
+        out.append(arg)
+    return out
 
 
 def _prefetch_result(warming: PrefetchHandle, model_dir: Path) -> PrefetchResult:

@@ -167,3 +167,27 @@ def test_restart_without_the_router_is_refused(tmp_path: Path, engines: Engines)
         assert info.value.fix and "router.enabled" in info.value.fix
     finally:
         asyncio.run(target.down())
+
+
+def test_up_of_a_running_spec_with_other_engine_settings_replaces_the_replicas(
+    tmp_path: Path, engines: Engines
+) -> None:
+    plan = make_plan(tmp_path, replicas=1, router=True)
+    asyncio.run(LocalTarget(plan).up())
+    try:
+        asyncio.run(LocalTarget(plan).publish())
+        with pytest.raises(TargetError, match="already running") as info:  # the same settings: nothing to do
+            asyncio.run(LocalTarget(plan).preflight())
+        assert info.value.fix and "vllm-fleet restart" in info.value.fix
+        [old] = [r for r in read_state(plan.run_dir) if r.role == "engine"]
+
+        engines.flags = ("--delay-ms", "1")  # the engine's command line changes, as a changed engine.* would
+        target = LocalTarget(plan)
+        [finding] = asyncio.run(target.preflight())
+        assert (finding.check, finding.severity) == ("running", "pass") and "one at a time" in finding.detail
+        result = asyncio.run(target.up())
+        [new] = [r for r in read_state(plan.run_dir) if r.role == "engine"]
+        assert [r.url for r in result.replicas] == [new.url] and new.url != old.url and "--delay-ms" in new.argv
+        assert not alive(old.pid) and chat(plan.endpoints[0]) == (200, new.url)
+    finally:
+        asyncio.run(LocalTarget(plan).down())
