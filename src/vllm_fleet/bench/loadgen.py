@@ -66,6 +66,7 @@ class LoadConfig:
     workers: int = 1
     api_key: str | None = field(default=None, repr=False)
     replicas: tuple[str, ...] = ()  # more servers of the same model: requests go round-robin over url and these
+    metrics_from: tuple[str, ...] = ()  # the engines whose /metrics to read, when not the servers loaded (a router)
 
     @property
     def closed_loop(self) -> bool:
@@ -145,6 +146,7 @@ class Runner:
         # One client (its own keep-alive pool) per server; a request's bytes carry its server's Host header.
         self._clients = [http1.Client(url, headers) for url in (config.url, *config.replicas)]
         self._heads = [[c.head("POST", config.endpoint, body) for body in self._bodies] for c in self._clients]
+        self._scraped = [http1.Client(url, headers) for url in config.metrics_from] or self._clients
 
     async def run(self) -> RunResult:
         """Warm up, run, scrape, return the raw results."""
@@ -324,7 +326,7 @@ class Runner:
         """One sample of every server's /metrics, merged: queues and counters add up, KV cache usage is the fullest."""
         if not self.config.scrape_metrics:
             return
-        seen = [v for v in await asyncio.gather(*(self._scrape_one(c) for c in self._clients)) if v is not None]
+        seen = [v for v in await asyncio.gather(*(self._scrape_one(c) for c in self._scraped)) if v is not None]
         if not seen:
             return
         merged: dict[str, float] = {}

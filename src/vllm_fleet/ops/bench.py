@@ -106,6 +106,7 @@ async def run_bench(
             seed=opts.seed,
             workers=opts.workers,
             replicas=tuple(found.urls[1:]),
+            metrics_from=tuple(found.engines or ()),  # through a router: the engines' own counters
         )
         settings = {
             "endpoint": opts.endpoint,

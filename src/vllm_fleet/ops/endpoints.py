@@ -27,6 +27,7 @@ class Endpoints:
 
     urls: list[str]
     plan: Plan | None = None
+    engines: list[str] | None = None  # the replicas themselves, when ``urls`` is a router in front of them
 
 
 def is_url(where: str) -> bool:
@@ -42,8 +43,13 @@ async def open_endpoints(
         yield Endpoints([server_root(where)])
         return
     plan = load_plan(where, env)
-    async with target_for(plan, options).endpoints() as urls:
-        yield Endpoints(urls, plan)
+    target = target_for(plan, options)
+    async with target.endpoints() as urls:
+        if plan.router_port is None:  # no local router: the endpoints are the replicas
+            yield Endpoints(urls, plan)
+            return
+        async with target.endpoints(direct=True) as engines:
+            yield Endpoints(urls, plan, engines)
 
 
 async def verify_endpoints(
