@@ -30,7 +30,7 @@ def cold_up(spec: Path, model_dir: Path) -> dict:
     seconds = time.perf_counter() - start
     try:
         assert result.returncode == 0, result.stdout + result.stderr
-        log = re.search(r"log (\S+?)\)", result.stdout).group(1)
+        log = re.search(r"replica 0: \S+, log (\S+)", result.stdout).group(1)
         loading = LOADING.findall(Path(log).read_text())
         assert loading, f"no 'Loading weights took' line in {log}"
     finally:

@@ -66,6 +66,9 @@ def errors(as_json: bool = False) -> Iterator[None]:
             err_console.print(f"[bold]fix:[/] {escape(exc.fix)}", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleaned up already: another Ctrl-C must not cut the exit
         err_console.print("interrupted")
         raise typer.Exit(130) from None
 
