@@ -246,7 +246,7 @@ def test_worker_processes_merge_raw_samples(yardstick: str):
 
 
 def test_bench_of_a_spec_loads_every_replica_and_merges_their_metrics(tmp_path: Path) -> None:
-    """`bench SPEC` with replicas: 2 sends to both servers (round-robin), not only the first."""
+    """`bench SPEC` with replicas: 2 and no router sends to both servers (round-robin), not only the first."""
     from tests.servers import fake_engine
 
     base = fake_engine.free_port()
@@ -259,7 +259,7 @@ def test_bench_of_a_spec_loads_every_replica_and_merges_their_metrics(tmp_path: 
             base = fake_engine.free_port()
     spec = tmp_path / "two.yaml"
     spec.write_text(
-        "name: two\nmodel: {source: ./m, served_name: yardstick}\nreplicas: 2\n"
+        "name: two\nmodel: {source: ./m, served_name: yardstick}\nreplicas: 2\nrouter: {enabled: false}\n"
         f"local: {{base_port: {base}}}\ncache: {{dir: {tmp_path / 'cache'}}}\n"
     )
     with fake_engine.running(port=base) as first, fake_engine.running(port=base + 1) as second:
