@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -34,10 +35,9 @@ log = logging.getLogger("vllm_fleet.router")
 MAX_BACKOFF_S = 30.0
 
 
-def _seed(url: str) -> int:
-    import hashlib
-
-    return int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8).digest(), "little")
+def hash64(text: str) -> int:
+    """A stable 64-bit hash of ``text`` (the same in every process): backend seeds and prefix keys."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 @dataclass(eq=False, slots=True)
@@ -64,7 +64,7 @@ class Backend:
     client: Any = None  # the proxy's keep-alive connections to it (wire.http1.Client), made on first use
 
     def __post_init__(self) -> None:
-        self.seed = _seed(self.url)
+        self.seed = hash64(self.url)
 
     def available(self, now: float) -> bool:
         return self.healthy and not self.draining and self.ejected_until <= now

@@ -17,12 +17,11 @@ and memory that does not grow with traffic.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 from collections.abc import Callable, Sequence
 
-from vllm_fleet.router.backends import Backend
+from vllm_fleet.router.backends import Backend, hash64
 from vllm_fleet.router.body import RequestFacts
 
 BOUND = 1.25  # the bounded-loads factor c: no backend above c times the average load (+1 for this request)
@@ -33,10 +32,6 @@ _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd: Knuth's multiplicative hashing constant
 
 Policy = Callable[[Sequence[Backend], RequestFacts, str | None], Backend]
-
-
-def key_of(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 def _top(backends: Sequence[Backend], key: int) -> Backend:
@@ -75,14 +70,14 @@ def bounded_rendezvous(backends: Sequence[Backend], first: int, then: Callable[[
 def prefix(backends: Sequence[Backend], facts: RequestFacts, session: str | None) -> Backend:
     if not facts.shallow:
         return least_load(backends, facts, session)
-    return bounded_rendezvous(backends, key_of(facts.shallow), lambda: key_of(facts.deep))
+    return bounded_rendezvous(backends, hash64(facts.shallow), lambda: hash64(facts.deep))
 
 
 def session_affinity(backends: Sequence[Backend], facts: RequestFacts, session: str | None) -> Backend:
     key = session or facts.session
     if not key:
         return least_load(backends, facts, session)
-    hashed = key_of(key)
+    hashed = hash64(key)
     return bounded_rendezvous(backends, hashed, lambda: hashed)
 
 
