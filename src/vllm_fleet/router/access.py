@@ -14,12 +14,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
-
 from vllm_fleet.router.backends import Pool
 from vllm_fleet.router.body import RequestFacts
 from vllm_fleet.router.policies import Policy, policy
 from vllm_fleet.router.proxy import json_error
+from vllm_fleet.wire.http1_server import Reply, Request
 
 log = logging.getLogger("vllm_fleet.router")
 KEY_CACHE_S = 30.0  # a deleted key stops working within this long on every router replica
@@ -72,7 +71,7 @@ class RegistryLink:
             except Exception as exc:  # a registry briefly away must not stop the router: keep the last view
                 log.warning("registry refresh failed: %s", exc)
 
-    async def admit(self, request: web.BaseRequest, facts: RequestFacts) -> web.Response | None:
+    async def admit(self, request: Request, facts: RequestFacts) -> Reply | None:
         """None when the request may go on; else its 401 or 429 answer."""
         if not self.keys_required:
             return None

@@ -15,41 +15,38 @@ import hmac
 import json
 import time
 
-from aiohttp import web
-
 from vllm_fleet.router.access import RegistryLink
 from vllm_fleet.router.backends import Pool
 from vllm_fleet.router.proxy import json_error
+from vllm_fleet.wire.http1_server import Reply, Request
 
 
-async def handle(
-    request: web.BaseRequest, pool: Pool, registry: RegistryLink | None, token: str | None
-) -> web.StreamResponse:
+async def handle(request: Request, pool: Pool, registry: RegistryLink | None, token: str | None) -> Reply:
     if token and not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {token}"):
         return json_error("the admin API needs `Authorization: Bearer <admin token>`", 401, "Unauthorized")
     now = time.monotonic()
     path, method = request.path, request.method
     if path == "/admin/backends" and method == "GET":
-        return web.json_response({"backends": [b.to_dict(now) for b in pool.backends.values()]})
+        return Reply.json({"backends": [b.to_dict(now) for b in pool.backends.values()]})
     if path == "/admin/registry/reload" and method == "POST":
         if registry is None:
             return json_error("this router has no registry (start it with --registry URL)", 409)
-        return web.json_response({"models": await registry.load(), "backends": len(pool.backends)})
+        return Reply.json({"models": await registry.load(), "backends": len(pool.backends)})
     if (path, method) not in _BACKEND_CALLS:
         return json_error(f"no admin call {method} {path}", 404, "NotFound")
     try:
-        data = json.loads(await request.read() or b"{}")
+        data = json.loads(request.body or b"{}")
         url = str(data["url"]).rstrip("/")
     except (ValueError, KeyError, TypeError):
         return json_error('send a JSON body {"url": "http://host:port"}', 400)
     if method == "POST" and path == "/admin/backends":
-        return web.json_response(pool.add(url).to_dict(now))
+        return Reply.json(pool.add(url).to_dict(now))
     if method == "DELETE":
-        return web.json_response({"removed": pool.remove(url)})
+        return Reply.json({"removed": pool.remove(url)})
     backend = pool.drain(url, bool(data.get("draining", True)))
     if backend is None:
         return json_error(f"no backend {url}; GET /admin/backends lists them", 404, "NotFound")
-    return web.json_response(backend.to_dict(now))
+    return Reply.json(backend.to_dict(now))
 
 
 _BACKEND_CALLS = {("/admin/backends", "POST"), ("/admin/backends", "DELETE"), ("/admin/backends/drain", "POST")}

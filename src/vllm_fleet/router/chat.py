@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 from importlib.resources import files
 
-from aiohttp import web
+from vllm_fleet.wire.http1_server import Reply, Request
 
 # Request path -> (file under static/, content type). Nothing else under / is ours: other paths go to a backend.
 PAGES = {
@@ -35,12 +35,12 @@ def _read(name: str) -> bytes:
     return files("vllm_fleet.router").joinpath("static", name).read_bytes()
 
 
-def is_page(request: web.BaseRequest) -> bool:
+def is_page(request: Request) -> bool:
     """Whether ``request`` asks for the chat page or one of its files."""
     return request.path in PAGES and request.method in ("GET", "HEAD")
 
 
-def page(request: web.BaseRequest) -> web.Response:
+def page(request: Request) -> Reply:
     """The file ``request`` asks for (see :func:`is_page`)."""
     name, content_type = PAGES[request.path]
-    return web.Response(body=_read(name), content_type=content_type, charset="utf-8", headers=HEADERS)
+    return Reply(200, [("Content-Type", f"{content_type}; charset=utf-8"), *HEADERS.items()], _read(name))

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from aiohttp import web
-from multidict import CIMultiDict
 
 from vllm_fleet.router.backends import Backend, Pool
 from vllm_fleet.router.body import RequestFacts
@@ -28,6 +25,7 @@ from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, least_load
 from vllm_fleet.router.resume import Transcript, continuation_body, without_role_event
 from vllm_fleet.wire import http1
+from vllm_fleet.wire.http1_server import Reply, Request
 from vllm_fleet.wire.openai import error_body
 
 access_log = logging.getLogger("vllm_fleet.router.access")
@@ -51,10 +49,8 @@ def forwarded_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str
     return [(k, v) for k, v in headers if k.lower() not in _HOP]
 
 
-def json_error(message: str, status: int, kind: str = "invalid_request_error", **headers: str) -> web.Response:
-    return web.Response(
-        status=status, body=error_body(message, status, kind), content_type="application/json", headers=headers
-    )
+def json_error(message: str, status: int, kind: str = "invalid_request_error", **headers: str) -> Reply:
+    return Reply(status, [("Content-Type", "application/json"), *headers.items()], error_body(message, status, kind))
 
 
 def retry_after(value: str | None) -> float | None:
@@ -76,16 +72,15 @@ class Proxy:
             backend.client = http1.Client(backend.url, connect_timeout_s=self.connect_timeout_s)
         return backend.client
 
-    async def forward(
-        self, request: web.BaseRequest, body: bytes, facts: RequestFacts, choose: Policy, started: float
-    ) -> web.StreamResponse:
+    async def forward(self, request: Request, facts: RequestFacts, choose: Policy, started: float) -> Reply | None:
+        """Answer ``request`` from a backend: a whole answer is returned, a streamed one written (None)."""
+        body = request.body
         candidates = self.pool.available(facts.model)
         if not candidates:
             refused = self._none_available(facts)
             log_access(request, refused.status, facts.model, "-", 0, started)
             return refused
-        raw = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
-        headers = forwarded_headers(raw)  # in the order and spelling the client sent them
+        headers = forwarded_headers(request.raw_headers)  # in the order and spelling the client sent them
         ask_load = not facts.stream and LOAD_FORMAT_HEADER not in request.headers
         if ask_load:
             headers.append((LOAD_FORMAT_HEADER, "TEXT"))
@@ -135,7 +130,7 @@ class Proxy:
 
     async def _relay(
         self,
-        request: web.BaseRequest,
+        request: Request,
         upstream: http1.Response,
         backend: Backend,
         facts: RequestFacts,
@@ -145,7 +140,7 @@ class Proxy:
         tried: list[Backend],
         body: bytes,
         request_headers: list[tuple[str, str]],
-    ) -> web.StreamResponse:
+    ) -> Reply | None:
         answered = time.perf_counter()
         attempts = len(tried)
         up_headers = upstream.headers
@@ -157,42 +152,40 @@ class Proxy:
             and up_headers.get("content-type", "").startswith("text/event-stream")
         )
         transcript = Transcript() if resumable else None
-        out: web.StreamResponse | None = None
+        answer: Reply | None = None
         try:
-            headers = CIMultiDict(forwarded_headers(up_headers.items()))
-            load = headers.pop(LOAD_HEADER, None) if asked_load else headers.get(LOAD_HEADER)
+            headers = forwarded_headers(upstream.raw_headers)  # as the backend sent them
+            load = up_headers.get(LOAD_HEADER)
             if load:
                 self.pool.load_header(backend, load)
-            headers[BACKEND_HEADER] = backend.url
+                if asked_load:  # our question, not the client's: its answer stays here
+                    headers = [(k, v) for k, v in headers if k.lower() != LOAD_HEADER]
+            headers.append((BACKEND_HEADER, backend.url))
             length = up_headers.get("content-length")
-            chunks = upstream.chunks()
-            first = await anext(chunks, b"") if length is not None else b""
+            first = await upstream.next_chunk() if length is not None else b""
             if length is not None and upstream.complete and len(first) == int(length):
-                out = web.Response(status=upstream.status, headers=headers, body=first)
+                answer = Reply(upstream.status, headers, first)
                 added = (sent - started) + (time.perf_counter() - answered)
             else:
-                streaming = out = web.StreamResponse(status=upstream.status, headers=headers)
-                if length is not None:
-                    streaming.content_length = int(length)
-                await streaming.prepare(request)
-                added = await self._stream(streaming, first, chunks, transcript, sent - started, answered)
-                await streaming.write_eof()
+                request.start(upstream.status, headers, None if length is None else int(length))
+                added = await self._stream(request, first, upstream, transcript, sent - started, answered)
+                request.finish()
         except UPSTREAM_ERRORS as exc:
             # The head went out: no retry now. A stream may be continued elsewhere; otherwise the
             # client sees its connection end early (never a truncated answer that looks whole).
             self.pool.failed(backend, f"{exc.__class__.__name__} mid-answer")
             upstream.release()
-            if out is None:  # nothing reached the client: an answer of our own
+            if not request.started:  # nothing reached the client: an answer of our own
                 return self._failed(
                     request, facts, tried, f"{exc.__class__.__name__} before the answer's body", started
                 )
             resumed = transcript is not None and await self._resume(
-                request, out, facts, transcript, tried, body, request_headers
+                request, facts, transcript, tried, body, request_headers
             )
             if resumed:
                 log_access(request, 200, facts.model, backend.url, attempts, started, "continued on another backend")
                 self.metrics.requests.labels(facts.model or "", backend.url, "200").inc()
-                return out
+                return None
             log_access(request, upstream.status, facts.model, backend.url, attempts, started, "aborted mid-answer")
             raise
         finally:
@@ -204,44 +197,50 @@ class Proxy:
         self.metrics.added.observe(added)
         self.metrics.requests.labels(facts.model or "", backend.url, str(upstream.status)).inc()
         log_access(request, upstream.status, facts.model, backend.url, attempts, started)
-        return out
+        return answer
 
     @staticmethod
     async def _stream(
-        out: web.StreamResponse,
+        out: Request,
         first: bytes,
-        chunks: AsyncIterator[bytes],
+        upstream: http1.Response,
         transcript: Transcript | None,
         added: float,
         answered: float,
     ) -> float:
         """Write the answer's chunks as they arrive (whole SSE events when a transcript is kept); returns the
         added latency (to the client's first byte)."""
-        if first and (transcript is None or (first := transcript.whole_events(first))):
-            await out.write(first)
-            added += time.perf_counter() - answered
-            answered = 0.0  # counted
-        if transcript is None:  # the common path, one step per chunk
-            async for chunk in chunks:
-                await out.write(chunk)
-                if answered:
-                    added += time.perf_counter() - answered
-                    answered = 0.0
+        while not first and not upstream.complete:
+            first = await upstream.next_chunk()
+            if transcript is not None:
+                first = transcript.whole_events(first)
+        if first:
+            out.write(first)
+        added += time.perf_counter() - answered
+        # The rest is written from the upstream connection's callback, the moment each piece arrives.
+        if transcript is None:
+
+            def sink(data: bytes) -> bool:
+                out.write(data)
+                return not out.paused
+
         else:
-            async for chunk in chunks:
-                if whole := transcript.whole_events(chunk):
-                    await out.write(whole)
-                    if answered:
-                        added += time.perf_counter() - answered
-                        answered = 0.0
+            keep = transcript.whole_events
+
+            def sink(data: bytes) -> bool:
+                if whole := keep(data):
+                    out.write(whole)
+                return not out.paused
+
+        while not await upstream.pipe(sink):
+            await out.drain()  # a slow client: the backend's connection waits with it
         if transcript is not None and (rest := transcript.rest()):
-            await out.write(rest)  # a last event without its blank line: the stream ended whole anyway
+            out.write(rest)  # a last event without its blank line: the stream ended whole anyway
         return added
 
     async def _resume(
         self,
-        request: web.BaseRequest,
-        out: web.StreamResponse,
+        request: Request,
         facts: RequestFacts,
         transcript: Transcript,
         tried: list[Backend],
@@ -272,11 +271,12 @@ class Proxy:
                     chunk = transcript.whole_events(chunk)
                     if opening and chunk:
                         chunk, opening = without_role_event(chunk), False
-                    if chunk:
-                        await out.write(chunk)
+                    request.write(chunk)
+                    if request.paused:
+                        await request.drain()
                 if rest := transcript.rest():
-                    await out.write(rest)
-                await out.write_eof()
+                    request.write(rest)
+                request.finish()
                 self.pool.succeeded(backend)
                 return True
             except UPSTREAM_ERRORS as exc:
@@ -292,7 +292,7 @@ class Proxy:
         backend.in_flight_tokens -= facts.tokens
         self.metrics.in_flight.dec()
 
-    def _none_available(self, facts: RequestFacts) -> web.Response:
+    def _none_available(self, facts: RequestFacts) -> Reply:
         known = sorted({m for b in self.pool.backends.values() for m in b.models})
         # Unknown only when every backend has said what it serves: a backend never yet healthy (its
         # models unknown) may serve it, so that is a 503, not a 404.
@@ -307,9 +307,7 @@ class Proxy:
             "no healthy backend can take this request now", 503, "ServiceUnavailable", **{"Retry-After": wait}
         )
 
-    def _failed(
-        self, request: web.BaseRequest, facts: RequestFacts, tried: list[Backend], why: str, started: float
-    ) -> web.Response:
+    def _failed(self, request: Request, facts: RequestFacts, tried: list[Backend], why: str, started: float) -> Reply:
         self.metrics.requests.labels(facts.model or "", tried[-1].url, "502").inc()
         log_access(request, 502, facts.model, tried[-1].url, len(tried), started, why)
         names = ", ".join(b.url for b in tried)
@@ -318,7 +316,7 @@ class Proxy:
 
 
 def log_access(
-    request: web.BaseRequest,
+    request: Request,
     status: int,
     model: str | None,
     backend: str,

@@ -6,8 +6,8 @@ chat page, chat.py).
 Every other path goes to a backend: POSTs with a JSON body are routed by their ``model``
 (paths under /v1/ must name one), the rest to any available backend.
 
-aiohttp's low-level server (no routing table, no middlewares: the least work per request),
-with handler cancellation on, so a client that disconnects cancels its upstream request.
+The server is the project's own HTTP/1.1 protocol (wire/http1_server.py: the least work per request and
+per streamed event); a client that disconnects cancels its handler and so its upstream request.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from vllm_fleet.router import admin, chat
 from vllm_fleet.router.access import RegistryLink
@@ -31,6 +29,7 @@ from vllm_fleet.router.config import RouterConfig
 from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, policy
 from vllm_fleet.router.proxy import Proxy, json_error, log_access
+from vllm_fleet.wire.http1_server import Reply, Request, Server
 
 log = logging.getLogger("vllm_fleet.router")
 
@@ -52,7 +51,7 @@ class Router:
             else None
         )
         self.port = config.port
-        self._runner: web.ServerRunner | None = None
+        self._server: Server | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -70,21 +69,10 @@ class Router:
         if self.config.discover:
             self._tasks.append(asyncio.get_running_loop().create_task(self._discover(self.config.discover)))
         await self.pool.start(self.session)
-        server = web.Server(self.handle, handler_cancellation=True, request_factory=self._request, access_log=None)
-        self._runner = web.ServerRunner(server, shutdown_timeout=self.config.shutdown_timeout_s)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, backlog=4096, reuse_address=True)
-        await site.start()
-        if self.config.port == 0:
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._server = Server(self.handle, max_body_bytes=self.config.max_body_bytes)
+        await self._server.start(self.config.host, self.config.port)
+        self.port = self._server.port
         log.info("routing on http://%s:%d to %d backend(s)", self.config.host, self.port, len(self.pool.backends))
-
-    def _request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
-        """aiohttp's request, with our body limit (the low-level server takes it no other way)."""
-        loop = asyncio.get_running_loop()
-        return web.BaseRequest(
-            message, payload, protocol, writer, task, loop, client_max_size=self.config.max_body_bytes
-        )
 
     async def _discover(self, where: str) -> None:
         """Follow a Kubernetes Service's ready endpoints: NAMESPACE/SERVICE:PORT."""
@@ -98,8 +86,8 @@ class Router:
         """Stop listening, let in-flight requests finish (up to the shutdown timeout), close."""
         for task in self._tasks:
             task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.close(self.config.shutdown_timeout_s)
         await self.pool.stop()
         if self.session is not None:
             await self.session.close()
@@ -110,32 +98,29 @@ class Router:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Reply | None:
         started = time.perf_counter()
         path = request.path
+        if request.oversize:
+            limit = self.config.max_body_bytes
+            why = f"the request body is larger than the router's limit of {limit} bytes"
+            return _refused(request, None, started, why, 413)
         if path == "/health":
             ok = bool(self.pool.available(None))
-            return web.Response(status=200 if ok else 503, text="" if ok else "no healthy backend")
+            return Reply(200 if ok else 503, _TEXT, b"" if ok else b"no healthy backend")
         if path == "/metrics":
-            return web.Response(body=self.metrics.exposition(), content_type="text/plain", charset="utf-8")
+            return Reply(200, _TEXT, self.metrics.exposition())
         if path.startswith("/admin/"):
             return await admin.handle(request, self.pool, self.registry, self.config.admin_token)
         if path == "/v1/models" and request.method == "GET":
-            cards = list(self.pool.models().values())
-            return web.json_response({"object": "list", "data": cards})
+            return Reply.json({"object": "list", "data": list(self.pool.models().values())})
         if chat.is_page(request):
             return chat.page(request)
         return await self._proxy(request, started)
 
-    async def _proxy(self, request: web.BaseRequest, started: float) -> web.StreamResponse:
+    async def _proxy(self, request: Request, started: float) -> Reply | None:
         assert self.proxy is not None
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            limit = self.config.max_body_bytes
-            return _refused(
-                request, None, started, f"the request body is larger than the router's limit of {limit} bytes", 413
-            )
+        body = request.body
         facts = NO_FACTS
         openai = request.path.startswith("/v1/")
         if request.method == "POST" and (body or openai) and not _is_multipart(request):
@@ -153,16 +138,19 @@ class Router:
                 log_access(request, refused.status, facts.model, "-", 0, started)
                 return refused
             choose = self.registry.policies.get(facts.model or "", choose)
-        return await self.proxy.forward(request, body, facts, choose, started)
+        return await self.proxy.forward(request, facts, choose, started)
 
 
-def _refused(request: web.BaseRequest, model: str | None, started: float, why: str, status: int) -> web.Response:
+_TEXT = [("Content-Type", "text/plain; charset=utf-8")]
+
+
+def _refused(request: Request, model: str | None, started: float, why: str, status: int) -> Reply:
     """An answer of the router's own (bad input), logged like every other."""
     log_access(request, status, model, "-", 0, started)
     return json_error(why, status)
 
 
-def _is_multipart(request: web.BaseRequest) -> bool:
+def _is_multipart(request: Request) -> bool:
     """Uploads (audio transcriptions) carry form fields, not JSON: routed without reading them."""
     return request.headers.get("content-type", "").startswith("multipart/")
 

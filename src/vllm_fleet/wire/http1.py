@@ -17,7 +17,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -40,16 +40,19 @@ class Response:
         "_connection",
         "_error",
         "_headers_done",
+        "_sink",
         "_waiter",
         "complete",
         "headers",
+        "raw_headers",
         "sent_at",
         "status",
     )
 
     def __init__(self, connection: _Connection, sent_at: float):
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, str] = {}  # lower-cased names (the last of a repeated one)
+        self.raw_headers: list[tuple[str, str]] = []  # as the server sent them: order, spelling, repeats
         self.sent_at = sent_at  # perf_counter just after the request's bytes were handed to the socket
         self.complete = False
         self._connection = connection
@@ -57,6 +60,7 @@ class Response:
         self._waiter: asyncio.Future | None = None
         self._error: BaseException | None = None
         self._headers_done = False
+        self._sink: Callable[[bytes], bool] | None = None
 
     async def ready(self) -> Response:
         """Wait for the status line and headers; on failure the response is released and the error raised."""
@@ -72,17 +76,46 @@ class Response:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in network-sized pieces."""
+        while chunk := await self.next_chunk():
+            yield chunk
+
+    async def next_chunk(self) -> bytes:
+        """What of the body arrived since the last call (waiting for some); b"" once it is complete."""
         while True:
             if self._chunks:
                 data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
                 self._chunks.clear()
-                yield data
-            elif self._error is not None:
+                return data
+            if self._error is not None:
                 raise self._error
-            elif self.complete:
-                return
-            else:
+            if self.complete:
+                return b""
+            await self._wait()
+
+    async def pipe(self, sink: Callable[[bytes], bool]) -> bool:
+        """Hand the rest of the body to ``sink`` as it arrives, in the connection's own callback (no task
+        switch per piece: what a proxy forwarding a token stream spends most on otherwise). Returns True once
+        the body is complete; False as soon as ``sink`` returns False (its reader is slow): reading stops
+        until the caller, having waited for its reader, pipes again. Raises as :meth:`chunks` does."""
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+            if not sink(data):
+                return False
+        self._sink = sink
+        self._connection.transport.resume_reading()
+        try:
+            while not self.complete:
+                if self._error is not None:
+                    raise self._error
+                if self._sink is None:  # paused by the sink
+                    return False
                 await self._wait()
+        finally:
+            self._sink = None
+        if self._error is not None and not self.complete:
+            raise self._error
+        return True
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])
@@ -163,7 +196,9 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._parsing.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        self._parsing.raw_headers.append((key, text))
+        self._parsing.headers[key.lower()] = text
 
     def on_headers_complete(self) -> None:
         response = self._parsing
@@ -175,8 +210,14 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         response = self._parsing
-        response._chunks.append(body)
-        response._wake()
+        sink = response._sink
+        if sink is None:
+            response._chunks.append(body)
+            response._wake()
+        elif not sink(body):
+            response._sink = None
+            self.transport.pause_reading()
+            response._wake()
 
     def on_message_complete(self) -> None:
         self._until_close = False

@@ -9,11 +9,12 @@ import random
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.integration.router.harness import metric, routing
 from tests.servers.fake_engine import running
 from vllm_fleet.router.body import RequestFacts
+from vllm_fleet.wire import http1
+from vllm_fleet.wire.http1_server import Reply, Request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 REQUESTS = 20_000
@@ -57,15 +58,18 @@ def test_twenty_thousand_requests_leave_no_per_request_state() -> None:
                             await resp.read()
                             assert resp.status == expected, await resp.text()
 
-                per_request = (RequestFacts, web.BaseRequest, web.StreamResponse, aiohttp.ClientResponse)
+                per_request = (RequestFacts, Request, Reply, aiohttp.ClientResponse)
                 first = REQUESTS // CONCURRENCY // 4
                 await asyncio.gather(*(worker(first) for _ in range(CONCURRENCY)))
                 early = alive(*per_request)
                 await asyncio.gather(*(worker(REQUESTS // CONCURRENCY - first) for _ in range(CONCURRENCY)))
                 late = alive(*per_request)
-                # What is left is per keep-alive connection (aiohttp keeps a connection's last request and
+                # What is left is per keep-alive connection (the test's aiohttp client keeps a connection's last
                 # response), never per request: bounded by the connections and no more after 4x the requests.
                 assert late <= early + 2 and late <= 2 * CONCURRENCY + 8, (early, late)
+                # An upstream connection keeps its last response until its next one: per connection, not request.
+                upstream = sum(len(b.client._open) for b in router.pool.backends.values() if b.client)
+                assert alive(http1.Response) <= upstream, upstream
 
                 for backend in router.pool.backends.values():
                     assert (backend.in_flight, backend.in_flight_tokens) == (0, 0), backend

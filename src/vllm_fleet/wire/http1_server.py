@@ -1,0 +1,402 @@
+"""The HTTP/1.1 server side of the router: an asyncio protocol over httptools (llhttp), no framework.
+
+Why not aiohttp's server here: with our own upstream client (http1.py) in place, aiohttp's server side
+(its request object, ``StreamResponse.prepare`` and ``write``, a task per request) was most of the
+router's remaining CPU per request and per streamed event (benchmarks/bench_router.py). Here a request is
+parsed straight into a small :class:`Request`, a whole answer leaves in one ``transport.write``, a
+streamed one in one write per chunk, and a connection's requests run one after another in one task.
+
+What it does, as a router needs it: keep-alive and HTTP/1.0; request bodies of any framing, up to a limit
+(beyond it the request is handed over marked ``oversize`` at once and the connection closes after the
+answer); ``Expect: 100-continue``; pipelined requests answered in order; write flow control; a client
+that disconnects cancels its request's handler (``asyncio.CancelledError`` in it); idle keep-alive
+connections closed after ``keepalive_s``; a graceful :meth:`Server.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+
+log = logging.getLogger("vllm_fleet.wire.http1_server")
+
+Headers = Iterable[tuple[str, str]]
+MAX_PIPELINED = 16  # requests parsed ahead of their answers before the connection stops reading
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Reply:
+    """A whole answer, returned by a handler (a streamed one is written through :class:`Request` instead)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Headers = (), body: bytes = b""):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @classmethod
+    def json(cls, data: object, status: int = 200, headers: Headers = ()) -> Reply:
+        return cls(status, [("Content-Type", "application/json"), *headers], json.dumps(data).encode())
+
+
+class Request:
+    """One request, its body read whole; the answer is a returned :class:`Reply` or streamed with
+    :meth:`start`, :meth:`write` (+ :meth:`drain` when :attr:`paused`) and :meth:`finish`."""
+
+    __slots__ = (
+        "_chunked",
+        "_connection",
+        "_parts",
+        "_size",
+        "body",
+        "finished",
+        "headers",
+        "method",
+        "oversize",
+        "path_qs",
+        "raw_headers",
+        "remote",
+        "started",
+        "version",
+    )
+
+    def __init__(self, connection: _Connection, method: str, path_qs: str, version: str):
+        self.method = method
+        self.path_qs = path_qs
+        self.version = version
+        self.raw_headers: list[tuple[str, str]] = []  # as the client sent them (order, spelling, repeats)
+        self.headers: dict[str, str] = {}  # lower-cased names; a repeated header's values joined by ", "
+        self.body = b""
+        self.remote = connection.remote
+        self.oversize = False  # the body passed the server's limit: answer (413), the connection closes after
+        self.started = False  # the answer's head went out
+        self.finished = False
+        self._connection = connection
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._chunked = False
+
+    @property
+    def path(self) -> str:
+        return self.path_qs.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        return self.path_qs.partition("?")[2]
+
+    @property
+    def paused(self) -> bool:
+        """The client reads slower than we write: :meth:`drain` before writing more."""
+        return self._connection.paused
+
+    def start(self, status: int, headers: Headers = (), length: int | None = None) -> None:
+        """Send the answer's head; its body follows in :meth:`write` calls (chunked when ``length`` is None)."""
+        connection = self._connection
+        framing = ""
+        if length is not None:
+            framing = f"Content-Length: {length}\r\n"
+        elif self.version == "1.1":
+            self._chunked = True
+            framing = "Transfer-Encoding: chunked\r\n"
+        else:  # an HTTP/1.0 client reads to the end of the connection
+            connection.keep_alive = False
+        connection.write(_head(status, headers, framing, connection))
+        if self.method == "HEAD":
+            self._chunked = False  # no body follows
+        self.started = True
+
+    def write(self, data: bytes) -> None:
+        if not data or self.method == "HEAD":
+            return
+        if self._chunked:
+            self._connection.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._connection.write(data)
+
+    async def drain(self) -> None:
+        await self._connection.drain()
+
+    def finish(self) -> None:
+        """The streamed answer is complete."""
+        if not self.finished:
+            self.finished = True
+            if self._chunked:
+                self._connection.write(b"0\r\n\r\n")
+
+    def reply(self, answer: Reply) -> None:
+        body = b"" if self.method == "HEAD" else answer.body
+        head = _head(answer.status, answer.headers, f"Content-Length: {len(answer.body)}\r\n", self._connection)
+        self._connection.write(head + body)
+        self.started = self.finished = True
+
+
+def _head(status: int, headers: Headers, framing: str, connection: _Connection) -> bytes:
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    close = "" if connection.keep_alive else "Connection: close\r\n"
+    reason = _REASONS.get(status, "")
+    return f"HTTP/1.1 {status} {reason}\r\n{lines}{framing}{close}Date: {_date()}\r\n\r\n".encode("latin-1")
+
+
+_now = [0, ""]
+
+
+def _date() -> str:
+    """The Date header (RFC 9110 §6.6.1: an origin with a clock sends it), formatted once a second."""
+    second = int(time.time())
+    if second != _now[0]:
+        _now[0], _now[1] = second, formatdate(second, usegmt=True)
+    return cast(str, _now[1])
+
+
+Handler = Callable[[Request], Awaitable[Reply | None]]
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: Server):
+        self._server = server
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport
+        self.remote = ""
+        self.keep_alive = True
+        self.paused = False
+        self._drained: asyncio.Future | None = None
+        self._ready: deque[Request] = deque()
+        self._parsing: Request | None = None
+        self._waiter: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+        self._ignore_input = False  # an oversize body: the rest of the bytes are dropped, the connection closes
+        self.busy = False
+        self.last_active = 0.0
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.remote = str(peer[0]) if isinstance(peer, tuple) else ""
+        self.last_active = time.monotonic()
+        self._server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._ignore_input:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(501, "protocol upgrades are not supported here")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"not an HTTP/1.1 request: {exc}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # the client left: its request's handler (and upstream request) stop
+        if self._drained is not None and not self._drained.done():
+            self._drained.cancel()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._parsing = Request(self, "", "", "1.1")
+
+    def on_url(self, url: bytes) -> None:
+        assert self._parsing is not None
+        self._parsing.path_qs += url.decode("latin-1")  # a long URL may come in pieces
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self._parsing
+        assert request is not None
+        key, text = name.decode("latin-1"), value.decode("latin-1")
+        request.raw_headers.append((key, text))
+        low = key.lower()
+        before = request.headers.get(low)
+        request.headers[low] = text if before is None else f"{before}, {text}"
+
+    def on_headers_complete(self) -> None:
+        request = self._parsing
+        assert request is not None
+        request.method = self._parser.get_method().decode("latin-1")
+        request.version = self._parser.get_http_version()
+        limit = self._server.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            self._oversize(request)
+        elif request.headers.get("expect", "").lower() == "100-continue":
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        if request is None:
+            return
+        request._size += len(body)
+        if request._size > self._server.max_body_bytes:
+            self._oversize(request)
+        else:
+            request._parts.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        if request is None or self._ignore_input:
+            return
+        self._parsing = None
+        parts = request._parts
+        request.body = parts[0] if len(parts) == 1 else b"".join(parts)
+        request._parts = []
+        if not self._parser.should_keep_alive():
+            self.keep_alive = False
+        self._queue(request)
+
+    # the requests' task
+    def _queue(self, request: Request) -> None:
+        self._ready.append(request)
+        if len(self._ready) > MAX_PIPELINED:
+            self.transport.pause_reading()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._serve())
+        elif self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _oversize(self, request: Request) -> None:
+        """Hand the request over now, without its body; read nothing more from this connection."""
+        request.oversize = True
+        request._parts = []
+        self._parsing = None
+        self._ignore_input = True
+        self.keep_alive = False
+        self._queue(request)
+
+    def _refuse(self, status: int, why: str) -> None:
+        """Bytes that are no request: answer if nothing else is pending, then close."""
+        self._ignore_input = True
+        self.keep_alive = False
+        if not self._ready and not self.busy:
+            body = why.encode()
+            self.transport.write(_head(status, [("Content-Type", "text/plain")], f"Content-Length: {len(body)}\r\n",
+                                       self) + body)  # fmt: skip
+            self.transport.close()
+
+    async def _serve(self) -> None:
+        server, ready = self._server, self._ready
+        try:
+            while True:
+                if not ready:
+                    if not self.keep_alive or server.closing:
+                        break
+                    self._waiter = asyncio.get_running_loop().create_future()
+                    await self._waiter
+                    self._waiter = None
+                    continue
+                request = ready.popleft()
+                if len(ready) == MAX_PIPELINED:
+                    self.transport.resume_reading()
+                self.busy = True
+                if server.closing:
+                    self.keep_alive = False
+                await self._answer(request)
+                self.busy = False
+                self.last_active = time.monotonic()
+                if not self.keep_alive:
+                    break
+        except asyncio.CancelledError:
+            pass  # the client left (connection_lost) or the server stopped waiting
+        finally:
+            self.busy = False
+            self.transport.close()
+
+    async def _answer(self, request: Request) -> None:
+        try:
+            answer = await self._server.handler(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("error answering %s %s", request.method, request.path)
+            if request.started:  # part of the answer went out: the client must see it cut, not whole
+                self.keep_alive = False
+                self.transport.close()
+                raise asyncio.CancelledError from None
+            answer = Reply(500, [("Content-Type", "text/plain")], b"internal error")
+        if answer is not None:
+            request.reply(answer)
+        elif not request.started:
+            request.reply(Reply(500, [("Content-Type", "text/plain")], b"no answer"))
+        elif not request.finished:
+            request.finish()
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the client has read what was written; a client gone cancels, as its leaving does."""
+        if self.transport.is_closing():
+            raise asyncio.CancelledError
+        if self.paused:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+
+class Server:
+    """Serve ``handler`` on ``host:port`` (port 0: any free one, :attr:`port` says which)."""
+
+    def __init__(self, handler: Handler, max_body_bytes: int, keepalive_s: float = 75.0):
+        self.handler = handler
+        self.max_body_bytes = max_body_bytes
+        self.keepalive_s = keepalive_s
+        self.connections: set[_Connection] = set()
+        self.closing = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task | None = None
+
+    async def start(self, host: str, port: int, backlog: int = 4096) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close keep-alive connections idle for longer than ``keepalive_s``."""
+        while True:
+            await asyncio.sleep(min(self.keepalive_s, 10.0))
+            stale = time.monotonic() - self.keepalive_s
+            for connection in list(self.connections):
+                if not connection.busy and not connection._ready and connection.last_active < stale:
+                    connection.transport.close()
+
+    async def close(self, timeout_s: float) -> None:
+        """Stop listening, close idle connections, give answers in progress up to ``timeout_s``, then cut."""
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for connection in list(self.connections):
+                if not connection.busy and not connection._ready:
+                    connection.transport.close()
+            if not self.connections or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
