@@ -66,16 +66,20 @@ class KubernetesTarget(Target):
 
     async def status(self) -> list[ReplicaStatus]:
         from vllm_fleet.targets.kubernetes.cluster import rules
-        from vllm_fleet.targets.kubernetes.cluster.wait import current_pods
+        from vllm_fleet.targets.kubernetes.cluster.wait import current_pods, pod_role
 
         async with connect(self.options, self._ns) as cluster:
-            pods = await current_pods(cluster, self.plan)
-        out = []
-        for i, (pod, problem) in enumerate(pods):
+            pods = await current_pods(cluster, self.plan, with_router=True)
+        out: list[ReplicaStatus] = []
+        seen: Counter[str] = Counter()  # each role's pods numbered from 0, as the local target's rows
+        for pod, problem in pods:
+            role = pod_role(pod)
             running = (pod.get("status") or {}).get("phase") == "Running"
             ready = rules.object_state(pod).status == "current"
             said = f"{problem.reason}: {problem.message} (fix: {problem.fix})" if problem else None
-            out.append(ReplicaStatus(Replica(i, f"pod/{pod['metadata']['name']}", "engine"), running, ready, 0, said))
+            replica = Replica(seen[role], f"pod/{pod['metadata']['name']}", role)
+            seen[role] += 1
+            out.append(ReplicaStatus(replica, running, ready, 0, said))
         return out
 
     @asynccontextmanager
