@@ -139,7 +139,9 @@ def test_restart_replaces_every_engine_pod_within_the_deployments_surge_and_unav
         assert steps == [f"{down} 2 to 1", f"{up_} 0 to 1", f"{down} 1 to 0", f"{up_} 1 to 2"], steps
 
 
-def test_restart_twice_in_one_second_still_rolls_and_a_later_up_keeps_it(fake_kube: FakeKube, fake_kubeconfig: Path) -> None:
+def test_restart_twice_in_one_second_still_rolls_and_a_later_up_keeps_it(
+    fake_kube: FakeKube, fake_kubeconfig: Path
+) -> None:
     ready_cluster(fake_kube)
     plan = plan_of()
     with fake_kube.run_controllers():
