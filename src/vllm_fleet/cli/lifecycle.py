@@ -99,9 +99,13 @@ def restart(
     env: str | None = EnvOpt,
     kubeconfig: str | None = KubeconfigOpt,
     context: str | None = ContextOpt,
+    timeout: float | None = typer.Option(
+        None, min=1, help="Kubernetes: give up waiting for the rollout after this many seconds (30 min)."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Replace the replicas one at a time (the spec as it is now), each drained through the router first."""
+    """Replace the replicas one at a time, each drained through the router first (local: the spec as it is now;
+    Kubernetes: `kubectl rollout restart` of the engine Deployment, waited for as `up` waits)."""
     from vllm_fleet.cli.live import reporting
     from vllm_fleet.ops import lifecycle
     from vllm_fleet.plan import load_plan
@@ -109,12 +113,16 @@ def restart(
     with errors(as_json):
         plan = load_plan(spec, env)
         with reporting(as_json, f"restarting {plan.name}") as report:
-            result = run(lifecycle.restart(plan, report, _options(kubeconfig, context)))
+            result = run(lifecycle.restart(plan, report, _options(kubeconfig, context, timeout_s=timeout)))
     if as_json:
-        print_json({"replicas": [r.to_dict() for r in result.replicas]})
+        print_json({"replicas": [r.to_dict() for r in result.replicas], "notes": result.notes, **result.extra})
         return
+    # a pod is routed once it is ready (the router follows the EndpointSlices); a local replica once verified
+    how = "new, ready" if plan.spec.target == "kubernetes" else "new, verified, routed"
     for r in result.replicas:
-        console.print(f"replica {r.index}: {r.url} (new, verified, routed)", soft_wrap=True)
+        console.print(f"replica {r.index}: {r.url} ({how})", soft_wrap=True)
+    for note in result.notes:
+        console.print(note, soft_wrap=True)
 
 
 def logs(

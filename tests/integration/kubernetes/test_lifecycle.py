@@ -64,7 +64,7 @@ def test_happy_path_applies_waits_until_ready_and_verifies_through_a_port_forwar
     assert not [j for j in fake_kube.objects("batch/v1", "Job", NS) if "verify" in j["metadata"]["name"]]
     assert any(line.startswith("applied: ") and "created" in line for line in report.lines), report.lines
     status = asyncio.run(lifecycle.status(plan, options(fake_kubeconfig)))
-    assert [s.healthy for s in status] == [True]
+    assert [(s.replica.role, s.healthy) for s in status] == [("engine", True), ("router", True), ("router", True)]
 
 
 def _nothing_written(kube: FakeKube) -> bool:
@@ -351,7 +351,8 @@ def test_status_says_what_is_wrong_with_a_pod(fake_kube: FakeKube, fake_kubeconf
     fake_kube.script(CrashLoop(exit_code=137, reason="OOMKilled"), container="vllm")
     with fake_kube.run_controllers(), pytest.raises(TargetError, match="OOMKilled"):
         up(plan_of(), fake_kubeconfig, timeout_s=60)
-    [row] = asyncio.run(lifecycle.status(plan_of(), options(fake_kubeconfig)))
+    rows = asyncio.run(lifecycle.status(plan_of(), options(fake_kubeconfig)))
+    [row] = [s for s in rows if s.replica.role == "engine"]
     assert not row.healthy and "OOMKilled" in row.state and "resources.memory" in row.state
 
 

@@ -3,7 +3,9 @@
 - Deployment (``pkg/controller/deployment``): a ReplicaSet ``NAME-HASH`` per pod template, the hash
   ``pod-template-hash`` label on it and its pods (``controller.ComputeHash``: fnv32a, then
   ``rand.SafeEncodeString``; here over the template's JSON, so the value differs from a real
-  server's but has its form). Status: observedGeneration, replicas, updatedReplicas, readyReplicas,
+  server's but has its form). ComputeHash hashes the whole PodTemplateSpec, metadata included, so an
+  annotation-only change (``kubectl rollout restart``'s ``kubectl.kubernetes.io/restartedAt``) is a new
+  ReplicaSet and a rollout too. Status: observedGeneration, replicas, updatedReplicas, readyReplicas,
   availableReplicas, unavailableReplicas and the conditions of ``deployment/util/deployment_util.go``:
   Available (MinimumReplicasAvailable / MinimumReplicasUnavailable against maxUnavailable) and
   Progressing (NewReplicaSetCreated, ReplicaSetUpdated, NewReplicaSetAvailable, and

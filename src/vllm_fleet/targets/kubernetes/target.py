@@ -1,5 +1,5 @@
-"""The Kubernetes target: preflight, server-side apply, a watched wait, status, down, doctor, and the pods
-reached from here through a port-forward (verify and bench); restart is not built yet and says so.
+"""The Kubernetes target: preflight, server-side apply, a watched wait, status, down, doctor, restart (what
+`kubectl rollout restart` does, then the same wait), and the pods reached from here through a port-forward.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from vllm_fleet.targets.base import (
     Reporter,
     Target,
     UpResult,
-    not_built,
 )
 from vllm_fleet.targets.kubernetes.cluster.client import Cluster, connect
 from vllm_fleet.targets.kubernetes.manifests.render import render
@@ -67,16 +66,20 @@ class KubernetesTarget(Target):
 
     async def status(self) -> list[ReplicaStatus]:
         from vllm_fleet.targets.kubernetes.cluster import rules
-        from vllm_fleet.targets.kubernetes.cluster.wait import current_pods
+        from vllm_fleet.targets.kubernetes.cluster.wait import current_pods, pod_role
 
         async with connect(self.options, self._ns) as cluster:
-            pods = await current_pods(cluster, self.plan)
-        out = []
-        for i, (pod, problem) in enumerate(pods):
+            pods = await current_pods(cluster, self.plan, with_router=True)
+        out: list[ReplicaStatus] = []
+        seen: Counter[str] = Counter()  # each role's pods numbered from 0, as the local target's rows
+        for pod, problem in pods:
+            role = pod_role(pod)
             running = (pod.get("status") or {}).get("phase") == "Running"
             ready = rules.object_state(pod).status == "current"
             said = f"{problem.reason}: {problem.message} (fix: {problem.fix})" if problem else None
-            out.append(ReplicaStatus(Replica(i, f"pod/{pod['metadata']['name']}", "engine"), running, ready, 0, said))
+            replica = Replica(seen[role], f"pod/{pod['metadata']['name']}", role)
+            seen[role] += 1
+            out.append(ReplicaStatus(replica, running, ready, 0, said))
         return out
 
     @asynccontextmanager
@@ -108,7 +111,33 @@ class KubernetesTarget(Target):
             return await measure_in_cluster(cluster, self.plan)
 
     async def restart(self, report: Reporter = QUIET) -> UpResult:
-        raise not_built("kubernetes", "restart", f"kubectl -n {self._ns} rollout restart deployment/{self.plan.name}")
+        """`kubectl rollout restart` of the engine workload, then the rollout waited for as `up` waits for it:
+        the new ReplicaSet's pods ready, the old ones gone, the Deployment's observedGeneration caught up.
+
+        The rollout follows the Deployment's own maxSurge / maxUnavailable (render: one pod at a time), and a
+        pod leaves through its preStop drain while the router already sends it nothing: no request fails.
+        """
+        from vllm_fleet.targets.kubernetes.cluster.restart import RESTARTED_AT, engine_workload, restart_workload
+        from vllm_fleet.targets.kubernetes.cluster.wait import wait_ready
+
+        objects = render(self.plan)
+        async with connect(self.options, self._ns) as cluster:
+            done = await restart_workload(cluster, self.plan, objects)
+            report.line(f"restarting {done.ref}: {RESTARTED_AT} = {done.stamp}")
+            extra = {"restarted": str(done.ref), "restartedAt": done.stamp}
+            if done.ref.kind != "Deployment":
+                # wait.py judges Deployments; the LeaderWorkerSet's rollout (its controller's status) is not
+                # modelled by the fake API server the tests run against, so it is not waited for.
+                watch = f"kubectl -n {self._ns} get leaderworkerset {done.ref.name} -w"
+                note = f"the {done.ref.kind}'s rollout is not waited for: {watch}"
+                return UpResult([], notes=[note], extra=extra)
+            try:
+                replicas = await wait_ready(
+                    cluster, self.plan, [engine_workload(self.plan, objects)], report, self.options.timeout_s
+                )
+            except TargetError as exc:
+                raise await _with_diagnosis(exc, cluster, self.plan) from exc
+        return UpResult(replicas, extra=extra)
 
     async def doctor(self) -> list[Diagnosis]:
         from vllm_fleet.targets.kubernetes.cluster.doctor import collect, diagnose

@@ -671,6 +671,18 @@ def test_a_crash_loop_from_oom_names_oomkilled_and_the_memory_knobs():
     assert "resources.memory" in problem.fix and "engine.max_num_seqs" in problem.fix and "max_model_len" in problem.fix
 
 
+def test_a_router_pods_crash_loop_names_the_routers_settings_not_the_engines():
+    router = copy.deepcopy(CRASHLOOP_OOM)
+    router["metadata"]["labels"] = {"app.kubernetes.io/name": "qwen-7b", "app.kubernetes.io/component": "router"}
+    oom = pod_problem(router, [], now=NOW)
+    assert oom is not None and oom.reason == "OOMKilled" and not oom.retryable
+    assert "router.replicas" in oom.fix and "engine." not in oom.fix
+    router["status"]["containerStatuses"][0]["lastState"]["terminated"].update(exitCode=1, reason="Error")
+    crash = pod_problem(router, [], now=NOW)
+    assert crash is not None and crash.reason == "CrashLoopBackOff"
+    assert "router.* or kubernetes.*" in crash.fix and "engine.*" not in crash.fix
+
+
 def test_a_crash_loop_quotes_the_containers_last_words_and_points_at_the_logs():
     words = (
         "INFO 06-03 09:58:12 [core.py:71] Initializing a V1 LLM engine\n"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from vllm_fleet.plan import resolve
 from vllm_fleet.spec import parse_spec
-from vllm_fleet.targets.kubernetes.cluster.wait import Seen, judge, pod_phase
+from vllm_fleet.targets.kubernetes.cluster.wait import Seen, judge, pod_labels, pod_phase, pod_role
 from vllm_fleet.targets.kubernetes.manifests.render import render
 
 SPEC = """\
@@ -146,3 +146,16 @@ def test_pod_phase_names_what_the_pod_is_doing() -> None:
     loading = _pod(phase="Running", containerStatuses=[{"name": "vllm", "ready": False, "state": {"running": {}}}])
     assert pod_phase(loading) == "loading the model"
     assert pod_phase(_pod(**READY_POD)) == "ready"
+
+
+def test_the_wait_and_status_select_the_router_pods_too_unless_there_is_no_router():
+    from lightkube.core.selector import build_selector
+
+    assert build_selector(pod_labels(_plan())) == (
+        "app.kubernetes.io/name=m,app.kubernetes.io/component in (engine,router)"
+    )
+    without = resolve(parse_spec(SPEC + "router: {enabled: false}\n"))
+    assert build_selector(pod_labels(without)) == "app.kubernetes.io/name=m,app.kubernetes.io/component=engine"
+    router = _pod()
+    router["metadata"]["labels"] = {"app.kubernetes.io/name": "m", "app.kubernetes.io/component": "router"}
+    assert (pod_role(router), pod_role(_pod())) == ("router", "engine")

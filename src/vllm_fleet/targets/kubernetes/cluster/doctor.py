@@ -89,7 +89,8 @@ def read_dump(directory: Path) -> Dump:
 
 
 async def collect(cluster: Cluster, plan: Plan) -> Dump:
-    """The live evidence for ``plan``: its namespace's objects and events, and its pods' logs."""
+    """The live evidence for ``plan``: its namespace's objects and events, and its pods' logs (every pod with
+    the spec's name label: the engine's, the router's, the Jobs'; each judged by the same rules)."""
     from lightkube.resources.apps_v1 import Deployment, ReplicaSet
     from lightkube.resources.batch_v1 import Job
     from lightkube.resources.core_v1 import Event, Node, PersistentVolume, PersistentVolumeClaim, Pod
@@ -214,7 +215,7 @@ def _pod(pod: Obj, dump: Dump, now: datetime) -> list[Diagnosis]:
         if finding := read_log(log):
             behind = Diagnosis(
                 finding.cause,
-                f"log of pod/{name} container {container}: {finding.evidence}",
+                f"log of {_pod_name(pod)} container {container}: {finding.evidence}",
                 finding.fix,
                 finding.retryable,
                 True,
@@ -224,7 +225,7 @@ def _pod(pod: Obj, dump: Dump, now: datetime) -> list[Diagnosis]:
     if problem is None and behind is None and (unready := _readiness(pod, dump.events)):
         out.append(unready)
     if problem is not None:
-        where = f"pod/{name}" + (f" container {problem.container}" if problem.container else "")
+        where = f"{_pod_name(pod)}" + (f" container {problem.container}" if problem.container else "")
         proximate = problem.reason == "CrashLoopBackOff" and behind is not None
         out.append(
             Diagnosis(
@@ -237,6 +238,12 @@ def _pod(pod: Obj, dump: Dump, now: datetime) -> list[Diagnosis]:
             )
         )
     return out
+
+
+def _pod_name(pod: Obj) -> str:
+    """pod/NAME, and which part it plays when it is the router's (its rules are the engine pods')."""
+    component = (pod["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+    return f"pod/{pod['metadata']['name']}" + (" (router)" if component == "router" else "")
 
 
 def _containers(pod: Obj) -> list[str]:

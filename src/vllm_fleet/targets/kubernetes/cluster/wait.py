@@ -21,11 +21,11 @@ from typing import Any
 
 from vllm_fleet.errors import TargetError
 from vllm_fleet.plan import Plan
-from vllm_fleet.targets.base import Replica, Reporter
+from vllm_fleet.targets.base import Replica, Reporter, Role
 from vllm_fleet.targets.kubernetes.cluster import rules
 from vllm_fleet.targets.kubernetes.cluster.client import Cluster, errors
 from vllm_fleet.targets.kubernetes.cluster.objects import Obj, Ref, resource_class
-from vllm_fleet.targets.kubernetes.manifests.objects import selector
+from vllm_fleet.targets.kubernetes.manifests.objects import router_selector, selector
 
 DEFAULT_TIMEOUT_S = 30 * 60  # as the reference deploy-with-retry script
 TICK_S = 2.0  # re-judge at least this often: grace windows pass without an event
@@ -33,6 +33,7 @@ BACKOFF_S = (5.0, 120.0)  # first and largest gap between "still waiting for cap
 # How long a pod may be unschedulable before it is judged: cluster-autoscaler scans every 10 s and
 # needs a pass or two to answer with TriggeredScaleUp or NotTriggerScaleUp.
 UNSCHEDULABLE_GRACE_S = 60.0
+COMPONENT = "app.kubernetes.io/component"  # the label that tells an engine pod from a router pod
 
 
 @dataclass
@@ -107,8 +108,8 @@ async def wait_ready(
 
 def judge(plan: Plan, objects: list[Obj], seen: Seen, *, now: datetime) -> Verdict:
     """The deployment's state from what the watches saw (pure: tested on recorded objects)."""
-    pods = seen.of("Pod")
-    scheduled = any((p.get("spec") or {}).get("nodeName") for p in pods)
+    pods = seen.of("Pod")  # the engine's and the router's: a doomed router pod fails the wait as an engine's does
+    scheduled = any((p.get("spec") or {}).get("nodeName") for p in pods if pod_role(p) == "engine")
     states = []
     for obj in objects:
         if obj["kind"] not in WATCHED:
@@ -153,7 +154,7 @@ def _watches(cluster: Cluster, plan: Plan, objects: list[Obj], seen: Seen) -> li
 
     ns = plan.spec.kubernetes.namespace
     out = [
-        _watch(cluster, Pod, "Pod", ns, seen, labels=selector(plan)),
+        _watch(cluster, Pod, "Pod", ns, seen, labels=pod_labels(plan)),
         _watch(cluster, Event, "Event", ns, seen),
     ]
     for kind in WATCHED:
@@ -173,25 +174,49 @@ async def _watch(
             seen.put(kind, change, dict(obj.to_dict()))
 
 
-async def current_pods(cluster: Cluster, plan: Plan) -> list[tuple[Obj, rules.PodProblem | None]]:
-    """The engine pods of ``plan`` now, by name, each with what is wrong with it (for status)."""
+async def current_pods(
+    cluster: Cluster, plan: Plan, *, with_router: bool = False
+) -> list[tuple[Obj, rules.PodProblem | None]]:
+    """The engine pods of ``plan`` now, by name, each with what is wrong with it (for status); ``with_router``:
+    then the router's pods, when the spec has a router (``pod_role`` tells them apart)."""
     from lightkube.resources.core_v1 import Event, Pod
 
     ns = plan.spec.kubernetes.namespace
-    pods = sorted(
-        await cluster.list_dicts(Pod, namespace=ns, labels=selector(plan)), key=lambda p: p["metadata"]["name"]
-    )
+    found = await cluster.list_dicts(Pod, namespace=ns, labels=pod_labels(plan, with_router=with_router))
+    pods = sorted(found, key=lambda p: (pod_role(p) != "engine", p["metadata"]["name"]))
     events = await cluster.list_dicts(Event, namespace=ns) if pods else []
     now = datetime.now(UTC)
     return [(p, rules.pod_problem(p, events, now=now, unschedulable_grace_s=UNSCHEDULABLE_GRACE_S)) for p in pods]
 
 
+def pod_labels(plan: Plan, *, with_router: bool = True) -> dict[str, Any]:
+    """The label selector of the engine pods and, ``with_router`` when the spec has one, the router's
+    (their labels differ only in the component: objects.selector, objects.router_selector)."""
+    from lightkube.operators import in_
+
+    if not (with_router and plan.spec.router.enabled):
+        return dict(selector(plan))
+    both = {**selector(plan), **router_selector(plan)}
+    return both | {"app.kubernetes.io/component": in_([selector(plan)[COMPONENT], router_selector(plan)[COMPONENT]])}
+
+
+def pod_role(pod: Obj) -> Role:
+    """A pod's part: the router's (its component label says so) or an engine's."""
+    component = ((pod.get("metadata") or {}).get("labels") or {}).get(COMPONENT)
+    return "router" if component == "router" else "engine"
+
+
 def _show(plan: Plan, seen: Seen, report: Reporter, elapsed_s: float) -> None:
     """One row per pod (what it does, restarts, time against the Plan's start-up budget), and the newest event."""
     budget = plan.startup_budget_s
-    for i, pod in enumerate(sorted(seen.of("Pod"), key=lambda p: p["metadata"]["name"])):
+    pods = sorted(seen.of("Pod"), key=lambda p: (pod_role(p) != "engine", p["metadata"]["name"]))
+    for i, pod in enumerate(pods):  # the router's rows below the engines'; their names say which is which
         restarts = sum(c.get("restartCount", 0) for c in (pod.get("status") or {}).get("containerStatuses") or [])
         again = f", {restarts} restart(s)" if restarts else ""
+        if pod_role(pod) == "router":  # no model to load: not ready means no engine is ready yet (its /health)
+            phase = pod_phase(pod).replace("loading the model", "waiting for a ready engine")
+            report.replica(i, pod["metadata"]["name"], f"router: {phase}{again}")
+            continue
         report.replica(
             i, pod["metadata"]["name"], f"{pod_phase(pod)}{again} {_mmss(elapsed_s)} (budget {_mmss(budget)})"
         )
@@ -227,7 +252,8 @@ def _mmss(seconds: float) -> str:
 
 def _replicas(plan: Plan, seen: Seen) -> list[Replica]:
     pods = sorted(
-        (p for p in seen.of("Pod") if rules.object_state(p).status == "current"), key=lambda p: p["metadata"]["name"]
+        (p for p in seen.of("Pod") if pod_role(p) == "engine" and rules.object_state(p).status == "current"),
+        key=lambda p: p["metadata"]["name"],
     )
     return [Replica(i, f"pod/{p['metadata']['name']}", "engine") for i, p in enumerate(pods)]
 

@@ -101,8 +101,7 @@ def _crash_loop(pod: Obj, status: Obj, events: list[_Event]) -> PodProblem:
     if last_words:
         message += f": {last_words}"
     if why == "OOMKilled":
-        fix = "it ran out of memory: raise resources.memory, or lower engine.max_num_seqs or engine.max_model_len"
-        return _problem(pod, status, "OOMKilled", message, False, fix)
+        return _problem(pod, status, "OOMKilled", message, False, _oom_fix(pod))
     probe = _probe_kill(events, name)
     if probe:
         message += f"; the kubelet killed it: {probe}"
@@ -116,8 +115,21 @@ def _crash_loop(pod: Obj, status: Obj, events: list[_Event]) -> PodProblem:
         return _problem(
             pod, status, "CrashLoopBackOff", message, False, "kubernetes.image: the command cannot start in this image"
         )
-    fix = f"read why: kubectl logs {_pod_ref(pod)} -c {name} --previous; then fix the engine.* or model.* it names"
+    settings = "router.* or kubernetes.*" if _is_router(pod) else "engine.* or model.*"
+    fix = f"read why: kubectl logs {_pod_ref(pod)} -c {name} --previous; then fix the {settings} it names"
     return _problem(pod, status, "CrashLoopBackOff", message, False, fix)
+
+
+def _is_router(pod: Obj) -> bool:
+    """A router pod (the same rules judge it; only the settings a fix names differ)."""
+    return (_get(pod, "metadata.labels") or {}).get("app.kubernetes.io/component") == "router"
+
+
+def _oom_fix(pod: Obj) -> str:
+    if _is_router(pod):
+        # its limit is fixed by the manifest (manifests/router.py), not the spec: spread the load instead
+        return "the router ran out of its memory limit: raise router.replicas to spread the connections"
+    return "it ran out of memory: raise resources.memory, or lower engine.max_num_seqs or engine.max_model_len"
 
 
 def _last_line(text: str) -> str:
@@ -260,7 +272,7 @@ def _failed_pod(pod: Obj) -> PodProblem:
     for status in _container_statuses(pod):
         term = _get(status, "state.terminated", {})
         if term.get("reason") == "OOMKilled":
-            fix = "it ran out of memory: raise resources.memory, or lower engine.max_num_seqs or engine.max_model_len"
+            fix = _oom_fix(pod)
             message = f"container {status.get('name')} was OOMKilled (exit code {term.get('exitCode')})"
             return _problem(pod, status, "OOMKilled", message, False, fix)
     reason = str(_get(pod, "status.reason", "")) or "Failed"
