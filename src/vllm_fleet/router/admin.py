@@ -1,8 +1,10 @@
 """The router's admin API.
 
     GET    /admin/backends                 every backend: state, in-flight, load, failures
-    POST   /admin/backends        {"url"}  add one (checked before it gets requests)
-    DELETE /admin/backends        {"url"}  remove one (its in-flight requests finish)
+    POST   /admin/backends        {"url"}  add one (checked before it gets requests; kept when the registry
+                                           or discovery next sets the backends)
+    DELETE /admin/backends        {"url"}  remove one (its in-flight requests finish; a backend the registry
+                                           or discovery lists comes back at their next refresh)
     POST   /admin/backends/drain  {"url", "draining": true}  no new requests; poll in_flight until 0
     POST   /admin/registry/reload          read the registry now
 
@@ -40,7 +42,7 @@ async def handle(request: Request, pool: Pool, registry: RegistryLink | None, to
     except (ValueError, KeyError, TypeError):
         return json_error('send a JSON body {"url": "http://host:port"}', 400)
     if method == "POST" and path == "/admin/backends":
-        return Reply.json(pool.add(url).to_dict(now))
+        return Reply.json(pool.add(url, pin=True).to_dict(now))
     if method == "DELETE":
         return Reply.json({"removed": pool.remove(url)})
     backend = pool.drain(url, bool(data.get("draining", True)))

@@ -114,6 +114,7 @@ class Pool:
     settings: PoolSettings = field(default_factory=PoolSettings)
     backends: dict[str, Backend] = field(default_factory=dict)
     on_eject: Any = None  # callable(backend) for metrics
+    pinned: set[str] = field(default_factory=set)  # added through the admin API: kept by set_backends
     _version: int = 0
     _cache: dict[str | None, tuple[int, float, list[Backend]]] = field(default_factory=dict)
     _tasks: set[asyncio.Task] = field(default_factory=set)
@@ -122,17 +123,20 @@ class Pool:
     # Membership.
 
     def set_backends(self, urls: Sequence[str]) -> None:
-        """Make the pool exactly ``urls``: new ones are checked before they get requests; gone ones get no
-        new requests (their in-flight ones finish)."""
-        wanted = dict.fromkeys(u.rstrip("/") for u in urls)
+        """Make the pool exactly ``urls`` (and the backends added by hand, ``pin``): new ones are checked
+        before they get requests; gone ones get no new requests (their in-flight ones finish)."""
+        wanted = dict.fromkeys([*(u.rstrip("/") for u in urls), *self.pinned])
         for url in list(self.backends):
             if url not in wanted:
                 self.remove(url)
         for url in wanted:
             self.add(url)
 
-    def add(self, url: str) -> Backend:
+    def add(self, url: str, pin: bool = False) -> Backend:
+        """Add ``url``; ``pin``: it stays when the registry or discovery next sets the pool (the admin API's)."""
         url = url.rstrip("/")
+        if pin:
+            self.pinned.add(url)
         if url not in self.backends:
             self.backends[url] = Backend(url)
             self.changed()
@@ -141,6 +145,7 @@ class Pool:
         return self.backends[url]
 
     def remove(self, url: str) -> bool:
+        self.pinned.discard(url.rstrip("/"))
         backend = self.backends.pop(url.rstrip("/"), None)
         if backend is not None and backend.client is not None:
             backend.client.close_idle()  # the ones in use close when their answer is done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -27,6 +28,7 @@ class RouterMetrics:
             "vllm_fleet_router_ejections", "Backends ejected after failed requests.", ["backend"], registry=r
         )
         self.in_flight = Gauge("vllm_fleet_router_in_flight", "Requests being proxied now.", registry=r)
+        self._answered: dict[tuple[str, str, str], Any] = {}
         self.added = Histogram(
             "vllm_fleet_router_added_latency_seconds",
             "Time the router adds to a request: before it is sent upstream, and from the upstream's first "
@@ -34,6 +36,14 @@ class RouterMetrics:
             buckets=_ADDED_BUCKETS,
             registry=r,
         )
+
+    def answered(self, model: str, backend: str, status: int) -> None:
+        """Count one answer (the labelled child is looked up once per label set, not per request)."""
+        key = (model, backend, str(status))
+        child = self._answered.get(key)
+        if child is None:
+            child = self._answered[key] = self.requests.labels(*key)
+        child.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -93,7 +93,6 @@ class Proxy:
             last = len(tried) > self.retries or len(tried) == len(candidates)
             backend.in_flight += 1
             backend.in_flight_tokens += facts.tokens
-            self.metrics.in_flight.inc()
             client = self.client(backend)
             try:
                 sent = time.perf_counter()
@@ -184,7 +183,7 @@ class Proxy:
             )
             if resumed:
                 log_access(request, 200, facts.model, backend.url, attempts, started, "continued on another backend")
-                self.metrics.requests.labels(facts.model or "", backend.url, "200").inc()
+                self.metrics.answered(facts.model or "", backend.url, 200)
                 return None
             log_access(request, upstream.status, facts.model, backend.url, attempts, started, "aborted mid-answer")
             raise
@@ -195,7 +194,7 @@ class Proxy:
         else:
             self.pool.failed(backend, f"answered {upstream.status}")
         self.metrics.added.observe(added)
-        self.metrics.requests.labels(facts.model or "", backend.url, str(upstream.status)).inc()
+        self.metrics.answered(facts.model or "", backend.url, upstream.status)
         log_access(request, upstream.status, facts.model, backend.url, attempts, started)
         return answer
 
@@ -290,7 +289,6 @@ class Proxy:
     def _done(self, backend: Backend, facts: RequestFacts) -> None:
         backend.in_flight -= 1
         backend.in_flight_tokens -= facts.tokens
-        self.metrics.in_flight.dec()
 
     def _none_available(self, facts: RequestFacts) -> Reply:
         known = sorted({m for b in self.pool.backends.values() for m in b.models})
@@ -299,16 +297,16 @@ class Proxy:
         told = all(b.models for b in self.pool.backends.values())
         if facts.model is not None and facts.model not in known and told:
             listed = ", ".join(known) or "none yet"
-            self.metrics.requests.labels("", "", "404").inc()  # not the name: a client's typos must not grow /metrics
+            self.metrics.answered("", "", 404)  # not the name: a client's typos must not grow /metrics
             return json_error(f"model {facts.model!r} is not served here; known models: {listed}", 404, "NotFound")
         wait = str(self.pool.retry_after_s())
-        self.metrics.requests.labels(facts.model if facts.model in known else "", "", "503").inc()
+        self.metrics.answered(facts.model if facts.model in known else "", "", 503)
         return json_error(
             "no healthy backend can take this request now", 503, "ServiceUnavailable", **{"Retry-After": wait}
         )
 
     def _failed(self, request: Request, facts: RequestFacts, tried: list[Backend], why: str, started: float) -> Reply:
-        self.metrics.requests.labels(facts.model or "", tried[-1].url, "502").inc()
+        self.metrics.answered(facts.model or "", tried[-1].url, 502)
         log_access(request, 502, facts.model, tried[-1].url, len(tried), started, why)
         names = ", ".join(b.url for b in tried)
         wait = str(self.pool.retry_after_s())

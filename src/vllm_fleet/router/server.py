@@ -42,6 +42,7 @@ class Router:
         self.metrics = RouterMetrics()
         self.pool = Pool(settings=config.pool, on_eject=lambda b: self.metrics.ejections.labels(b.url).inc())
         self.pool.set_backends(config.backends)
+        self.metrics.in_flight.set_function(self.in_flight)
         self.default_policy: Policy = policy(config.policy)
         self.session: aiohttp.ClientSession | None = None  # the health checks' (requests go over wire.http1)
         self.proxy: Proxy | None = None
@@ -93,6 +94,9 @@ class Router:
             await self.session.close()
         if self.registry is not None:
             await self.registry.close()
+
+    def in_flight(self) -> int:
+        return sum(b.in_flight for b in self.pool.backends.values())
 
     @property
     def url(self) -> str:
@@ -167,7 +171,7 @@ async def serve(config: RouterConfig, on_ready: Callable[[Router], None] | None 
         if on_ready:
             on_ready(router)
         await stop.wait()
-        log.info("stopping: %d request(s) in flight get up to %.0f s", router.metrics.in_flight._value.get(),
+        log.info("stopping: %d request(s) in flight get up to %.0f s", router.in_flight(),
                  config.shutdown_timeout_s)  # fmt: skip
     finally:
         with suppress(Exception):

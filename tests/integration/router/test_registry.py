@@ -68,3 +68,25 @@ def test_a_registration_is_picked_up_by_the_refresh_without_a_reload(registry_ur
                 assert (await post(http, f"{router.url}{PATH}", chat("late")))[0] == 200
 
         asyncio.run(body())
+
+
+def test_a_backend_added_through_the_admin_api_outlives_the_registry_refresh(registry_url: str) -> None:
+    with FaultServer(models=("reg",)) as registered, FaultServer(models=("hand",)) as by_hand:
+
+        async def body() -> None:
+            async with await open_registry(registry_url) as registry:
+                await registry.register(Deployment("reg-dep", "reg", (registered.url,)))
+                async with routing(registry=registry_url, registry_refresh_s=0.1) as router, client() as http:
+                    async with http.post(f"{router.url}/admin/backends", json={"url": by_hand.url}) as resp:
+                        assert resp.status == 200
+                    await until(lambda: router.pool.available("hand"), 5.0, "the added backend's first check")
+                    await asyncio.sleep(0.5)  # several refreshes: each sets the pool from the registry
+                    assert sorted(router.pool.backends) == sorted([registered.url, by_hand.url])
+                    assert (await post(http, f"{router.url}{PATH}", chat("hand")))[0] == 200
+
+                    async with http.delete(f"{router.url}/admin/backends", json={"url": by_hand.url}) as resp:
+                        assert await resp.json() == {"removed": True}
+                    await asyncio.sleep(0.5)
+                    assert sorted(router.pool.backends) == [registered.url]  # removed by hand: stays removed
+
+        asyncio.run(body())
