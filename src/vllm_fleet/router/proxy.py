@@ -4,7 +4,7 @@ byte, stream the answer back as it arrives.
 A retry happens only while nothing has reached the client: on a refused or reset connection,
 and on 502/503/504/429 answers (a 429 or 503 with Retry-After keeps that backend out for
 that long). Once the answer's head is sent, a failing backend fails that one request, except a
-streamed chat answer, which is continued on another backend (resume.py).
+streamed (chat) completion, which is continued on another backend (resume.py).
 
 Upstream requests go over the project's own HTTP/1.1 client (wire/http1.py: one write per
 request, httptools parsing), not aiohttp's: aiohttp's client was a third of the router's CPU
@@ -143,11 +143,11 @@ class Proxy:
         answered = time.perf_counter()
         attempts = len(tried)
         up_headers = upstream.headers
-        # A streamed chat answer can be continued elsewhere if its backend dies (resume.py).
+        # A streamed (chat) completion can be continued elsewhere if its backend dies (resume.py).
         resumable = (
             facts.stream
             and upstream.status == 200
-            and request.path.endswith("/chat/completions")
+            and request.path.endswith("/completions")
             and up_headers.get("content-type", "").startswith("text/event-stream")
         )
         transcript = Transcript() if resumable else None

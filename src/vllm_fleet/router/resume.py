@@ -1,4 +1,4 @@
-"""Continuing a streamed chat completion on another backend when its backend dies mid-stream.
+"""Continuing a streamed (chat) completion on another backend when its backend dies mid-stream.
 
 While a stream passes through, the router forwards whole SSE events only (a torn event is held
 back until its end arrives) and keeps what it forwarded. When the backend fails mid-stream, the
@@ -6,6 +6,7 @@ assistant text the client already has is read from those events, and the same re
 another backend with that text as a final assistant message and vLLM's
 ``continue_final_message`` (``add_generation_prompt`` off), its token budget reduced by what was
 streamed. The continuation's opening role event is dropped, so the client sees one stream.
+A completion (/v1/completions, a text prompt) is continued from the prompt with the text appended.
 
 What the client cannot tell apart: nothing in the text; the chunks after the switch carry the new
 backend's completion id, and a final usage event counts the continuation only. Greedy decoding
@@ -57,7 +58,7 @@ class Transcript:
             except ValueError:
                 continue
             for choice in choices[:1]:
-                content = (choice.get("delta") or {}).get("content")
+                content = (choice.get("delta") or {}).get("content") or choice.get("text")  # chat, completion
                 if content:
                     text.append(content)
                     events += 1
@@ -66,26 +67,33 @@ class Transcript:
 
 
 def continuation_body(body: bytes, text: str, tokens: int) -> bytes | None:
-    """The request that continues after ``text`` (None when it cannot be continued: n > 1, no messages)."""
+    """The request that continues after ``text`` (None when it cannot be continued: n > 1, neither messages
+    nor a text prompt, an echoed prompt)."""
     try:
         data: dict[str, Any] = json.loads(body)
     except ValueError:
         return None
-    messages = data.get("messages")
-    if not isinstance(messages, list) or data.get("n", 1) != 1:
+    messages, prompt = data.get("messages"), data.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if data.get("n", 1) != 1 or not (isinstance(messages, list) or (isinstance(prompt, str) and not data.get("echo"))):
         return None
     if not text:
         return body  # nothing reached the client yet: the request as it was
+    if not isinstance(messages, list):
+        return json.dumps(data | {"prompt": f"{prompt}{text}"} | _budget(data, tokens)).encode()
     last = messages[-1] if messages else None
     if data.get("continue_final_message") and isinstance(last, dict) and last.get("role") == "assistant":
         messages = [*messages[:-1], {**last, "content": f"{last.get('content') or ''}{text}"}]
     else:
         messages = [*messages, {"role": "assistant", "content": text}]
     data |= {"messages": messages, "continue_final_message": True, "add_generation_prompt": False}
-    for key in ("max_tokens", "max_completion_tokens"):
-        if isinstance(data.get(key), int):
-            data[key] = max(1, data[key] - tokens)
-    return json.dumps(data).encode()
+    return json.dumps(data | _budget(data, tokens)).encode()
+
+
+def _budget(data: dict[str, Any], tokens: int) -> dict[str, int]:
+    """The token budgets less what was streamed already."""
+    return {k: max(1, v - tokens) for k in ("max_tokens", "max_completion_tokens") if isinstance(v := data.get(k), int)}
 
 
 def without_role_event(events: bytes) -> bytes:

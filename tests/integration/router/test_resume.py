@@ -92,3 +92,31 @@ def test_a_plain_stream_is_not_held_back_by_the_transcript() -> None:
                 assert rest.endswith(b"data: [DONE]\n\n")
 
         asyncio.run(body())
+
+
+def text_event(text: str, finish: str | None = None) -> bytes:
+    return json.dumps({"id": "t", "object": "text_completion", "choices": [{"index": 0, "text": text,
+                       "finish_reason": finish}]}).encode()  # fmt: skip
+
+
+def test_a_streamed_completion_is_continued_from_its_prompt() -> None:
+    path = "/v1/completions"
+    with FaultServer() as first, FaultServer() as second:
+        first.script(path, Stream((text_event(" the"), text_event(" capital")), reset=True))
+        second.script(path, Stream((text_event(" of France"), text_event(".", "stop"), b"[DONE]")))
+
+        async def body() -> None:
+            async with routing(first.url, second.url, policy="round-robin") as router, client() as http:
+                request = {"model": "m", "prompt": "Paris is", "max_tokens": 10, "stream": True}
+                async with http.post(f"{router.url}{path}", json=request) as resp:
+                    assert resp.status == 200
+                    raw = await resp.read()
+                blocks = [b[6:] for b in raw.split(b"\n\n") if b.startswith(b"data: ")]
+                text = "".join(json.loads(b)["choices"][0]["text"] for b in blocks if b != b"[DONE]")
+                assert (text, blocks[-1]) == (" the capital of France.", b"[DONE]")
+
+        asyncio.run(body())
+        [again] = second.requests(path)
+        assert json.loads(again.body) == {
+            "model": "m", "prompt": "Paris is the capital", "max_tokens": 8, "stream": True
+        }  # fmt: skip

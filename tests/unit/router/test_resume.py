@@ -46,9 +46,23 @@ def test_a_client_continuation_is_extended_not_stacked() -> None:
     assert again["messages"][-1] == {"role": "assistant", "content": "Once upon"} and len(again["messages"]) == 2
 
 
+def test_a_completion_continues_from_its_prompt_and_the_text_so_far() -> None:
+    body = json.dumps({"model": "m", "prompt": "Paris is", "max_tokens": 10, "stream": True}).encode()
+    again = json.loads(continuation_body(body, " the capital", 2) or b"")
+    assert again == {"model": "m", "prompt": "Paris is the capital", "max_tokens": 8, "stream": True}
+    listed = json.dumps({"prompt": ["Paris is"]}).encode()
+    assert json.loads(continuation_body(listed, " the", 1) or b"")["prompt"] == "Paris is the"
+    t = Transcript()
+    t.whole_events(sse({"choices": [{"index": 0, "text": " the", "finish_reason": None}]}))
+    assert t.so_far() == (" the", 1, False)
+
+
 def test_what_cannot_be_continued() -> None:
     assert continuation_body(b'{"messages": [], "n": 2}', "x", 1) is None
-    assert continuation_body(b'{"prompt": "x"}', "x", 1) is None
+    assert continuation_body(b'{"prompt": [1, 2, 3]}', "x", 1) is None  # token ids: no text to append to
+    assert continuation_body(b'{"prompt": "x", "echo": true}', "x", 1) is None  # the prompt is in the answer
+    assert continuation_body(b'{"prompt": ["a", "b"]}', "x", 1) is None  # two prompts, two answers
+    assert continuation_body(b'{"input": "x"}', "x", 1) is None
     assert continuation_body(b"not json", "x", 1) is None
 
 
