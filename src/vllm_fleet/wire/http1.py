@@ -153,11 +153,13 @@ class _Connection(asyncio.Protocol):
         self._parsing: Response
         self._until_close = False  # a body with neither length nor chunking ends when the connection does
         self.keep_alive = False  # read while the message completes: llhttp resets it right after
+        self._head_only = False  # the request was a HEAD
 
-    def send(self, data: bytes) -> Response:
+    def send(self, data: bytes, head_only: bool = False) -> Response:
         self.transport.write(data)  # no answer can arrive before this step yields to the loop
         self.response = self._parsing = Response(self, time.perf_counter())
         self._until_close = self.keep_alive = False
+        self._head_only = head_only
         return self.response
 
     def release(self, response: Response) -> None:
@@ -206,6 +208,9 @@ class _Connection(asyncio.Protocol):
         response._headers_done = True
         headers = response.headers
         self._until_close = "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "")
+        if self._head_only:  # an answer to HEAD has no body, whatever its head says; the parser cannot be told:
+            response.complete = True  # complete now, and the connection is not reused (keep_alive stays False)
+            self._until_close = False
         response._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -257,7 +262,7 @@ class Client:
         while self._idle:
             connection = self._idle.pop()
             if not connection.transport.is_closing():
-                return connection.send(self._bytes(method, path, body, head))
+                return connection.send(self._bytes(method, path, body, head), method == "HEAD")
         return None
 
     async def request(self, method: str, path: str, body: bytes = b"", head: bytes | None = None) -> Response:
@@ -268,7 +273,7 @@ class Client:
             connecting = loop.create_connection(lambda: _Connection(self), self._host, self._port, ssl=self._ssl)
             _, connection = await asyncio.wait_for(connecting, self._connect_timeout_s)
             self._open.add(connection)
-            response = connection.send(self._bytes(method, path, body, head))
+            response = connection.send(self._bytes(method, path, body, head), method == "HEAD")
         return await response.ready()
 
     def _bytes(self, method: str, path: str, body: bytes, head: bytes | None) -> bytes:

@@ -55,6 +55,7 @@ class Request:
     :meth:`start`, :meth:`write` (+ :meth:`drain` when :attr:`paused`) and :meth:`finish`."""
 
     __slots__ = (
+        "_bodiless",
         "_chunked",
         "_connection",
         "_parts",
@@ -86,6 +87,7 @@ class Request:
         self._parts: list[bytes] = []
         self._size = 0
         self._chunked = False
+        self._bodiless = False
 
     @property
     def path(self) -> str:
@@ -104,20 +106,21 @@ class Request:
         """Send the answer's head; its body follows in :meth:`write` calls (chunked when ``length`` is None)."""
         connection = self._connection
         framing = ""
-        if length is not None:
+        self._bodiless = self.method == "HEAD" or _bodiless(status)
+        if _bodiless(status):
+            pass  # RFC 9112 §6.3: no body, no framing headers
+        elif length is not None:
             framing = f"Content-Length: {length}\r\n"
         elif self.version == "1.1":
-            self._chunked = True
+            self._chunked = not self._bodiless
             framing = "Transfer-Encoding: chunked\r\n"
         else:  # an HTTP/1.0 client reads to the end of the connection
             connection.keep_alive = False
         connection.write(_head(status, headers, framing, connection))
-        if self.method == "HEAD":
-            self._chunked = False  # no body follows
         self.started = True
 
     def write(self, data: bytes) -> None:
-        if not data or self.method == "HEAD":
+        if not data or self._bodiless:
             return
         if self._chunked:
             self._connection.write(b"%x\r\n%b\r\n" % (len(data), data))
@@ -135,10 +138,16 @@ class Request:
                 self._connection.write(b"0\r\n\r\n")
 
     def reply(self, answer: Reply) -> None:
-        body = b"" if self.method == "HEAD" else answer.body
-        head = _head(answer.status, answer.headers, f"Content-Length: {len(answer.body)}\r\n", self._connection)
-        self._connection.write(head + body)
+        status = answer.status
+        body = b"" if self.method == "HEAD" or _bodiless(status) else answer.body
+        framing = "" if _bodiless(status) else f"Content-Length: {len(answer.body)}\r\n"
+        self._connection.write(_head(status, answer.headers, framing, self._connection) + body)
         self.started = self.finished = True
+
+
+def _bodiless(status: int) -> bool:
+    """1xx, 204 and 304 answers never have a body (RFC 9110 §6.4.1)."""
+    return status < 200 or status in (204, 304)
 
 
 def _head(status: int, headers: Headers, framing: str, connection: _Connection) -> bytes:

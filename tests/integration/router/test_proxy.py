@@ -4,6 +4,7 @@ byte for byte, streams incremental, a client that leaves cancels its upstream re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.integration.router.harness import chat, client, metric, post, routing, until
 from tests.servers.fake_engine import running
-from tests.servers.faults import Echo, FaultServer, Hang, Stream
+from tests.servers.faults import Answer, Echo, FaultServer, Hang, Stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -215,3 +216,49 @@ def test_a_client_that_gives_up_before_the_first_byte_cancels_upstream_and_leave
                 assert state.failures == 0  # the client left: not the backend's failure
 
         asyncio.run(body())
+
+
+def test_answer_headers_arrive_as_the_backend_sent_them_and_a_204_has_no_body() -> None:
+    headers = (("Set-Cookie", "a=1"), ("X-Mixed-Case", "v"), ("set-cookie", "b=2"))
+    with FaultServer() as backend:
+        backend.script("/v1/chat/completions", Answer(200, b"{}", headers))
+        backend.script("/v1/thing", Answer(204, b"", ()))
+
+        async def body() -> None:
+            async with routing(backend.url) as router:
+                reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+                payload = json.dumps(chat()).encode()
+                writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%b" % (len(payload), payload))  # fmt: skip
+                head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                lines = head.split("\r\n")
+                assert [line for line in lines if line.lower().startswith(("set-cookie", "x-mixed"))] == [
+                    "Set-Cookie: a=1", "X-Mixed-Case: v", "set-cookie: b=2"
+                ]  # fmt: skip
+                await reader.readexactly(2)  # the body, {}
+                writer.write(b"DELETE /v1/thing HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                head = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+                assert head.startswith("http/1.1 204") and "content-length" not in head and "chunked" not in head
+                writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection still works
+                assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+                writer.close()
+
+        asyncio.run(body())
+
+
+def test_a_head_request_is_answered_without_waiting_for_a_body() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            while head := await reader.readuntil(b"\r\n\r\n"):  # a HEAD's answer: the GET's length, no body
+                body = b"" if head.startswith(b"HEAD ") else b'{"object": "list", "data": []}'.ljust(42)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 42\r\n\r\n" + body)
+
+    async def body() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with routing(url) as router, client() as http, http.head(f"{router.url}/files/x", timeout=timeout) as r:
+            assert (r.status, r.headers["content-length"]) == (200, "42")
+        server.close()
+
+    asyncio.run(body())
