@@ -6,8 +6,10 @@ tokens up front; ``charge`` settles the difference once the response says what i
 request larger than the whole per-minute allowance is let through when the bucket is full and
 leaves it in debt, rather than being refused forever.
 
-Each router replica limits on its own (a key spread over N replicas gets up to N times its
-limit); that is the price of keeping the request path free of shared state.
+Each router replica limits on its own, keeping the request path free of shared state: with N
+replicas behind one Service, each is given 1/N of a key's limits (``vllm-fleet router --peers N``,
+set by render from ``router.replicas``), so the key gets about its limit in all while the Service
+spreads the requests evenly.
 
 Pure: the caller passes ``now`` (``time.monotonic()``), so tests drive a fake clock.
 """

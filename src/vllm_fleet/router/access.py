@@ -2,6 +2,9 @@
 
 Several router replicas may share one registry (PostgreSQL): each re-reads it every
 ``refresh_s``, so a deployment registered by `up` becomes routable everywhere within that.
+The per-key limits are counted in each replica's memory: with ``peers`` replicas behind one
+Service (which spreads the requests evenly), each allows 1/peers of a key's limits, so the
+key gets about its limit in all.
 An API key's limits are cached for ``KEY_CACHE_S``; the cache holds hashes, never a secret.
 """
 
@@ -10,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from vllm_fleet.router.backends import Pool
@@ -28,8 +33,11 @@ MAX_CACHED_KEYS = 10_000  # bounded: a flood of wrong keys cannot grow it
 class RegistryLink:
     """The router's view of a registry: routes into the pool, policies per model, keys and limits."""
 
-    def __init__(self, url: str, pool: Pool, static_backends: Sequence[str], refresh_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str, pool: Pool, static_backends: Sequence[str], refresh_s: float = 5.0, peers: int = 1
+    ) -> None:
         self.url = url
+        self.peers = peers
         self.pool = pool
         self.static_backends = tuple(static_backends)
         self.refresh_s = refresh_s
@@ -97,7 +105,14 @@ class RegistryLink:
         if cached is not None and cached[0] > now:
             return cached[1]
         limits = await self._registry.check_key(secret)
+        if limits is not None and self.peers > 1:
+            limits = replace(limits, **{k: _share(v, self.peers) for k, v in limits.to_dict().items() if k != "name"})
         if len(self._keys) >= MAX_CACHED_KEYS:
             self._keys.clear()
         self._keys[digest] = (now + KEY_CACHE_S, limits)
         return limits
+
+
+def _share(limit: object, peers: int) -> int | None:
+    """One replica's share of a per-minute limit (at least 1: a limit never becomes a ban)."""
+    return max(1, math.ceil(limit / peers)) if isinstance(limit, int) else None

@@ -99,3 +99,22 @@ def test_api_keys_from_the_registry_401_when_wrong_and_429_over_the_limit(tmp_pa
 
         asyncio.run(body())
     assert all(json.loads(r.body)["model"] == "m" for r in backend.requests(PATH))
+
+
+def test_with_peers_each_router_replica_allows_its_share_of_a_key_limit(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+
+    async def make_key() -> str:
+        async with await open_registry(url) as registry:
+            return await registry.create_key("team-b", requests_per_min=5)
+
+    secret = asyncio.run(make_key())
+    with FaultServer(models=("m",)) as backend:
+
+        async def body() -> None:
+            async with routing(backend.url, registry=url, peers=2) as router, client() as http:
+                good = {"content-type": "application/json", "authorization": f"Bearer {secret}"}
+                statuses = [(await post(http, f"{router.url}{PATH}", chat(), headers=good))[0] for _ in range(4)]
+                assert statuses == [200, 200, 200, 429]  # 5 a minute over 2 replicas: 3 (rounded up) here
+
+        asyncio.run(body())
