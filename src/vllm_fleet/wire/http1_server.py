@@ -185,6 +185,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._ignore_input = False  # an oversize body: the rest of the bytes are dropped, the connection closes
+        self._websocket = False
         self.busy = False
         self.last_active = 0.0
 
@@ -202,7 +203,11 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(501, "protocol upgrades are not supported here")
+            if self._websocket:
+                self._refuse(501, "WebSocket is not supported here")
+            else:  # another upgrade (h2c): ignored (RFC 9110 §7.8), answered in HTTP/1.1; the parser is done
+                self._ignore_input = True
+                self.keep_alive = False
         except httptools.HttpParserError as exc:
             self._refuse(400, f"not an HTTP/1.1 request: {exc}")
 
@@ -265,6 +270,9 @@ class _Connection(asyncio.Protocol):
         if request is None or self._ignore_input:
             return
         self._parsing = None
+        if self._parser.should_upgrade() and request.headers.get("upgrade", "").lower() == "websocket":
+            self._websocket = True  # not proxied: refused once the parser stops at the upgrade
+            return
         parts = request._parts
         request.body = parts[0] if len(parts) == 1 else b"".join(parts)
         request._parts = []
@@ -348,6 +356,11 @@ class _Connection(asyncio.Protocol):
         elif not request.finished:
             request.finish()
 
+    @property
+    def idle(self) -> bool:
+        """No request being answered, waiting, or arriving (a slow upload is not idle)."""
+        return not self.busy and not self._ready and self._parsing is None
+
     def write(self, data: bytes) -> None:
         self.transport.write(data)
 
@@ -387,7 +400,7 @@ class Server:
             await asyncio.sleep(min(self.keepalive_s, 10.0))
             stale = time.monotonic() - self.keepalive_s
             for connection in list(self.connections):
-                if not connection.busy and not connection._ready and connection.last_active < stale:
+                if connection.idle and connection.last_active < stale:
                     connection.transport.close()
 
     async def close(self, timeout_s: float) -> None:
@@ -400,7 +413,7 @@ class Server:
         deadline = time.monotonic() + timeout_s
         while True:
             for connection in list(self.connections):
-                if not connection.busy and not connection._ready:
+                if connection.idle:
                     connection.transport.close()
             if not self.connections or time.monotonic() >= deadline:
                 break

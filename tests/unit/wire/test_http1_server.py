@@ -432,12 +432,6 @@ def test_malformed_bytes_get_a_400_and_a_close(sent: bytes) -> None:
     assert called == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: llhttp completes an upgrade request (on_message_complete) before httptools raises "
-    "HttpParserUpgrade, so _Connection queues it for the handler first; _refuse(501) then sees it in "
-    "_ready and sends nothing, and the handler answers the websocket request as a plain GET (200)",
-)
 def test_a_websocket_upgrade_gets_a_501_without_reaching_the_handler() -> None:
     called: list[Request] = []
 
@@ -455,6 +449,21 @@ def test_a_websocket_upgrade_gets_a_501_without_reaching_the_handler() -> None:
             raw = masked(await client.rest())
             assert raw.startswith(b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\n"), raw
             assert called == []
+
+    run(body)
+
+
+def test_an_h2c_upgrade_is_ignored_and_answered_in_http_1_1_then_closed() -> None:
+    async def body() -> None:
+        async with serving(echo_path) as harness:
+            client = await harness.connect()
+            client.send(
+                get(
+                    "/v1/models",
+                    b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+                )
+            )
+            assert masked(await client.rest()) == echo_answer("/v1/models", close=True)  # RFC 9110 7.8: MAY ignore
 
     run(body)
 
@@ -761,12 +770,6 @@ def test_idle_keep_alive_connections_close_after_keepalive_s() -> None:
     run(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: Server._sweep judges idleness by _Connection.last_active, set only at "
-    "connection_made and after each answer; bytes received do not count, so a request whose head or "
-    "body is still arriving keepalive_s after the last answer (a slow upload) is closed mid-request",
-)
 def test_a_request_still_arriving_is_not_closed_as_idle() -> None:
     async def body() -> None:
         async with serving(refuse_oversize, keepalive_s=0.3) as harness:
