@@ -217,19 +217,12 @@ class Proxy:
             out.write(first)
         added += time.perf_counter() - answered
         # The rest is written from the upstream connection's callback, the moment each piece arrives.
-        if transcript is None:
-
-            def sink(data: bytes) -> bool:
-                out.write(data)
-                return not out.paused
-
-        else:
+        sink = write = out.writer()
+        if transcript is not None:
             keep = transcript.whole_events
 
             def sink(data: bytes) -> bool:
-                if whole := keep(data):
-                    out.write(whole)
-                return not out.paused
+                return write(keep(data))
 
         while not await upstream.pipe(sink):
             await out.drain()  # a slow client: the backend's connection waits with it

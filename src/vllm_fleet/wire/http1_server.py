@@ -127,6 +127,28 @@ class Request:
         else:
             self._connection.write(data)
 
+    def writer(self) -> Callable[[bytes], bool]:
+        """:meth:`write` as one function, returning ``not paused``: the per-piece path of a forwarded stream
+        (called from the upstream connection's callback for every token event)."""
+        connection = self._connection
+        write = connection.transport.write
+        if self._bodiless:
+            return lambda data: True
+        if not self._chunked:
+
+            def plain(data: bytes) -> bool:
+                write(data)
+                return not connection.paused
+
+            return plain
+
+        def chunk(data: bytes) -> bool:
+            if data:
+                write(b"%x\r\n%b\r\n" % (len(data), data))
+            return not connection.paused
+
+        return chunk
+
     async def drain(self) -> None:
         await self._connection.drain()
 
