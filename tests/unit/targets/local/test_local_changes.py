@@ -12,6 +12,7 @@ import json
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,12 @@ import pytest
 from tests.unit.targets.local.test_local_router import chat
 from tests.unit.targets.local.test_local_target import Engines, alive, make_plan
 from tests.unit.targets.local.test_local_target import engines as engines  # the fixture
+from vllm_fleet import engine
 from vllm_fleet.errors import TargetError
 from vllm_fleet.plan import Plan, resolve
 from vllm_fleet.targets.base import Reporter
-from vllm_fleet.targets.local import LocalTarget
-from vllm_fleet.targets.local.state import ProcessRecord, read_state
+from vllm_fleet.targets.local import LocalTarget, replicas
+from vllm_fleet.targets.local.state import ProcessRecord, read_state, state_path
 
 
 class Lines(Reporter):
@@ -240,3 +242,18 @@ def test_engines_get_the_shutdown_timeout_and_down_lets_a_request_in_flight_fini
     started = time.monotonic()
     asyncio.run(target.down())
     assert time.monotonic() - started < 3, "an idle down waits for nothing"
+
+
+def test_a_state_file_without_the_engine_env_is_read_and_compared_by_argv_only(tmp_path: Path) -> None:
+    """State written before the env was recorded: its records read (env None), and `up` of the same spec sees no
+    change (the env unknown is not a change); another env on a recorded one is."""
+    plan = make_plan(tmp_path, replicas=1, router=True)
+    argv = replicas.command(plan, plan.ports[0])
+    old = {"role": "engine", "index": 0, "pid": 1, "start_ticks": 1, "port": plan.ports[0], "url": "u", "log": "l",
+           "argv": argv, "restarts": 0, "supervised": True}  # fmt: skip
+    state_path(plan.run_dir).parent.mkdir(parents=True)
+    state_path(plan.run_dir).write_text(json.dumps({"processes": [old]}))
+    [record] = read_state(plan.run_dir)
+    assert record.env is None and not replicas.differs(plan, record)
+    assert replicas.differs(plan, replace(record, env={"VLLM_CPU_KVCACHE_SPACE": "2"}))
+    assert not replicas.differs(plan, replace(record, env=engine.vllm_env(plan.spec)))
