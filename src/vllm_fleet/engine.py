@@ -37,7 +37,7 @@ def vllm_args(
     """The API server's arguments for one replica of ``spec``.
 
     ``shutdown_timeout_s``: vLLM's graceful shutdown on SIGTERM (``--shutdown-timeout``, 0 aborts), passed
-    by targets whose stop sends SIGTERM after a drain (the Kubernetes pod).
+    by targets whose stop sends SIGTERM after a drain (the Kubernetes pod, the local target).
     """
     eng = spec.engine
     args = [
@@ -76,14 +76,10 @@ def vllm_env(spec: FleetSpec) -> dict[str, str]:
     return env | dict(spec.engine.env)
 
 
-def local_command(spec: FleetSpec, *, model_dir: str, port: int) -> list[str]:
+def local_command(spec: FleetSpec, *, model_dir: str, port: int, shutdown_timeout_s: int | None = None) -> list[str]:
     """argv of one local replica, run with this interpreter."""
-    return [
-        sys.executable,
-        "-m",
-        API_SERVER_MODULE,
-        *vllm_args(spec, model_dir=model_dir, port=port, host=spec.local.host),
-    ]
+    args = vllm_args(spec, model_dir=model_dir, port=port, host=spec.local.host, shutdown_timeout_s=shutdown_timeout_s)
+    return [sys.executable, "-m", API_SERVER_MODULE, *args]
 
 
 def installed_engine() -> InstalledEngine:

@@ -24,6 +24,9 @@ What it imitates of vLLM's OpenAI server (``vllm/entrypoints/openai/api_server.p
   ``vllm/entrypoints/launchers/launcher.py``), so connections are refused until then.
 - ``--engine-core``: a child process in the server's process group, as the API
   server starts its EngineCore process.
+- ``--shutdown-timeout S``: on SIGTERM it stops listening and exits once its
+  requests in flight have finished, or after S seconds (vLLM's graceful
+  shutdown); without it SIGTERM ends it at once, as vLLM's default (0) aborts.
 - ``GET /stats`` (ours, not vLLM's): completions served so far.
 
 Flags (defaults: the yardstick): ``--itl-ms`` gap between streamed tokens;
@@ -272,15 +275,33 @@ class Engine(asyncio.Protocol):
             protocol._start(parts)
 
 
-async def serve(port: int, script: Script = Script(), host: str = "127.0.0.1", start_delay_s: float = 0.0) -> None:
-    """Serve on ``host``:``port``; the port is bound at once and listens after ``start_delay_s``."""
+async def serve(
+    port: int,
+    script: Script = Script(),
+    host: str = "127.0.0.1",
+    start_delay_s: float = 0.0,
+    shutdown_timeout_s: float | None = None,
+) -> None:
+    """Serve on ``host``:``port``; the port is bound at once and listens after ``start_delay_s``; with
+    ``shutdown_timeout_s``, SIGTERM lets the requests in flight finish (up to that long)."""
     Engine.configure(script)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     if start_delay_s > 0:
         await asyncio.sleep(start_delay_s)  # bound, not listening: a connection is refused, as vLLM's while it loads
-    server = await asyncio.get_running_loop().create_server(Engine, sock=sock, backlog=4096)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Engine, sock=sock, backlog=4096)
+    if shutdown_timeout_s is not None:
+        stopping = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stopping.set)
+        await stopping.wait()
+        server.close()  # no new connections
+        deadline = time.monotonic() + shutdown_timeout_s
+        while (Engine.running or Engine.waiting) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        print(f"fake engine: shut down ({Engine.running} request(s) still in flight)", file=sys.stderr, flush=True)
+        return
     async with server:
         await server.serve_forever()
 
@@ -300,6 +321,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--max-num-seqs", type=int, default=1 << 30, help="Requests that run at once; the rest wait.")
     add("--start-delay-s", type=float, default=0.0, help="Listen only after S seconds (loading weights).")
     add("--engine-core", action="store_true", help="Start a child process in the group, as vLLM's EngineCore.")
+    add("--shutdown-timeout", type=float, default=None, help="On SIGTERM, let requests in flight finish (S max).")
     return parser
 
 
@@ -320,7 +342,7 @@ def main() -> None:
         exit_after=args.exit_after,
         max_num_seqs=args.max_num_seqs,
     )
-    server = serve(args.port, script, args.host, args.start_delay_s)
+    server = serve(args.port, script, args.host, args.start_delay_s, args.shutdown_timeout)
     try:
         import uvloop
     except ImportError:

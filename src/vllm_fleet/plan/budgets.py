@@ -46,6 +46,14 @@ def derive(spec: FleetSpec, model_bytes: int | None) -> dict[str, Derived]:
     derived["shutdown_timeout_s"] = Derived(
         av.shutdown_timeout_s, "availability.shutdown_timeout_s: vLLM --shutdown-timeout after the drain"
     )
+    # A local stop (down, a rolling restart, a scale-down) sends SIGTERM, then waits this long for the group to
+    # exit before SIGKILL: vLLM finishes what it holds within its --shutdown-timeout (and exits at once when
+    # idle, so an idle down stays quick).
+    derived["stop_grace_s"] = Derived(
+        av.shutdown_timeout_s + GRACE_MARGIN_S,
+        f"availability.shutdown_timeout_s {av.shutdown_timeout_s} s (vLLM --shutdown-timeout) + "
+        f"{GRACE_MARGIN_S} s margin: SIGTERM to SIGKILL of a local replica",
+    )
     # The kubelet's grace period covers the preStop hook AND the SIGTERM after it (pod lifecycle docs):
     # the drain waits up to drain_timeout_s, then vLLM finishes in-flight requests up to its shutdown timeout.
     grace = av.drain_timeout_s + av.shutdown_timeout_s + GRACE_MARGIN_S

@@ -84,7 +84,18 @@ class Plan:
         """The arguments the spec's target really runs (local: replica 0's; its others differ by port)."""
         if self.spec.target == "kubernetes":
             return self.pod_engine_args
-        return engine.vllm_args(self.spec, model_dir=str(self.model_dir), port=self.ports[0], host=self.spec.local.host)
+        return engine.vllm_args(
+            self.spec,
+            model_dir=str(self.model_dir),
+            port=self.ports[0],
+            host=self.spec.local.host,
+            shutdown_timeout_s=self.spec.availability.shutdown_timeout_s,
+        )
+
+    @property
+    def stop_grace_s(self) -> float:
+        """Local: how long a stopped replica's group may take to exit after SIGTERM, before SIGKILL."""
+        return float(self.derived["stop_grace_s"].value or 0)
 
     @property
     def startup_budget_s(self) -> int:

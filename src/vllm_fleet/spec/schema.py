@@ -91,6 +91,12 @@ class LocalSpec(_Strict):
     start_timeout_s: float = Field(600, gt=0)
     prefetch: bool = True
     supervise: bool = Field(True, description="a background supervisor restarts a crashed replica, with backoff")
+    surge: Literal["auto", 0, 1] = Field(
+        "auto",
+        description="extra replicas a rolling restart runs: 1 starts each replacement before its old replica is "
+        "drained; 0 drains and stops the old one first (the Kubernetes Deployment's maxSurge 0, for a machine "
+        "with room for only `replicas` engines); auto: 1 when free memory holds one more replica, else 0",
+    )
 
 
 class SLOSpec(_Strict):

@@ -102,6 +102,7 @@ BAD_SPECS = [
     ),
     ("name: x\nmodel: {source: /m}\nslo: {p95_latency_s: 0}\n", "slo.p95_latency_s: Input should be greater than 0"),
     ("name: x\nmodel: {source: /m}\nlocal: {base_port: 70000}\n", "local.base_port: Input should be less than 65536"),
+    ("name: x\nmodel: {source: /m}\nlocal: {surge: 2}\n", "local.surge: Input should be 'auto', 0 or 1 (got 2)"),
     ("name: x\nmodel: {source: ftp://host/m}\n", "model.source: unknown source scheme 'ftp'"),
     ("name: x\nmodel: {source: 's3://'}\n", "model.source: source has a scheme but no location"),
     (

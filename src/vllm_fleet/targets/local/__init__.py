@@ -5,12 +5,17 @@
     health.py   wait until each replica answers /health, with the log's tail when one fails
     routing.py  the router in front of the replicas (``router.enabled``): start it, publish to it
     supervisor.py  the background process that restarts a crashed replica
+    replicas.py one replica joining (start, verify, publish) or leaving (drain, publish without, stop)
     rolling.py  restart: replace the replicas one at a time, draining each through the router
+    room.py     local.surge auto: does free memory hold one more replica during a restart?
+    scaling.py  up of a running spec: more or fewer replicas, the changed ones rolled
 
 ``up`` stages the weights into the cache, then starts every replica (prefetching the
 weights into the page cache beside vLLM's start when ``local.prefetch``) and the router
 on ``local.base_port``, and waits for all of them; on any failure or interrupt it stops
-every group it started. ``publish`` (after verify) makes the replicas routable.
+every group it started. ``publish`` (after verify) makes the replicas routable. ``up`` of a
+running, routed spec whose replica count, engine command line or environment changed scales
+and rolls it instead (scaling.py).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from vllm_fleet.targets.base import (
     UpResult,
     not_built,
 )
-from vllm_fleet.targets.local import process, rolling, routing, supervisor
+from vllm_fleet.targets.local import process, replicas, rolling, routing, scaling, supervisor
 from vllm_fleet.targets.local.health import wait_healthy
 from vllm_fleet.targets.local.state import ProcessRecord, add_record, clear_state, read_state, write_state
 from vllm_fleet.weights import cache
@@ -54,15 +59,14 @@ class LocalTarget(Target):
         """Records whose process group is still ours and alive."""
         return [r for r in read_state(self.plan.run_dir) if process.leader_alive(r.pid, r.start_ticks)]
 
-    _rolling = False  # up replaces running replicas (their engine settings changed) instead of starting
+    _changing = False  # up scales or replaces running replicas (count or settings changed) instead of starting
 
     async def preflight(self) -> list[Finding]:
         plan, findings = self.plan, []
         if alive := self.running():
             routed = any(r.role == "router" for r in alive)
-            if routed and self._settings_changed(alive):
-                self._rolling = True
-                what = "running with other engine settings: up replaces the replicas one at a time"
+            if routed and (what := self._change(alive)):
+                self._changing = True
                 return [Finding("running", "pass", what)]
             raise TargetError(
                 f"{plan.name} is already running ({len(alive)} process(es), first at {alive[0].url})"
@@ -78,18 +82,22 @@ class LocalTarget(Target):
         findings.append(Finding("ports", "pass", f"{', '.join(map(str, ports))} free on {plan.spec.local.host}"))
         return findings
 
-    def _settings_changed(self, alive: list[ProcessRecord]) -> bool:
-        """Do the running replicas run another engine command line than the spec's now (ports aside)?
-
-        The engine's environment (engine.env, kv_cache_space_gib) is not recorded: `restart` applies that."""
-        plan = self.plan
-        want = _without_port(engine.local_command(plan.spec, model_dir=str(plan.model_dir), port=0))
-        return any(_without_port(r.argv) != want for r in alive if r.role == "engine")
+    def _change(self, alive: list[ProcessRecord]) -> str | None:
+        """What up would change in the running set (None: nothing): its replica count, or the engine command line
+        or environment (engine.env, kv_cache_space_gib) of a replica it keeps."""
+        engines, want = [r for r in alive if r.role == "engine"], self.plan.spec.replicas
+        changes = []
+        if len(engines) != want:
+            changes.append(f"{len(engines)} replica(s) running, the spec wants {want}: up scales")
+        if any(r.index < want and replicas.differs(self.plan, r) for r in engines):
+            changes.append("running with other engine settings: up replaces the replicas one at a time")
+        return "; ".join(changes) or None
 
     async def up(self, report: Reporter = QUIET) -> UpResult:
         await self._stage(report)
-        if self._rolling:
-            return UpResult(await rolling.restart(self.plan, report), notes=["replaced the replicas one at a time"])
+        if self._changing:
+            running, notes = await scaling.apply(self.plan, report)
+            return UpResult(running, notes=notes)
         plan = self.plan
         warming = start_prefetch(plan.model_dir) if plan.spec.local.prefetch else None
         try:
@@ -122,30 +130,33 @@ class LocalTarget(Target):
         plan = self.plan
         records: list[ProcessRecord] = []
         procs: list[subprocess.Popen] = []
-        env = os.environ | engine.vllm_env(plan.spec)
+        engine_env = engine.vllm_env(plan.spec)
         try:
             plan.run_dir.mkdir(parents=True, exist_ok=True)
             for index, port in enumerate(plan.ports):
                 log = plan.run_dir / f"replica-{index}.log"
-                argv = engine.local_command(plan.spec, model_dir=str(plan.model_dir), port=port)
-                proc = process.spawn(argv, env, log)
+                argv = replicas.command(plan, port)
+                proc = process.spawn(argv, os.environ | engine_env, log)
                 procs.append(proc)
                 ticks = process.start_ticks(proc.pid) or 0
-                records.append(ProcessRecord("engine", index, proc.pid, ticks, port, plan.url_of(port), str(log), argv))
+                url = plan.url_of(port)
+                records.append(
+                    ProcessRecord("engine", index, proc.pid, ticks, port, url, str(log), argv, env=engine_env)
+                )
                 write_state(plan.run_dir, records)
                 report.replica(index, plan.url_of(port), "starting")
             if plan.router_port is not None:
                 await self._start_router(records)
             await wait_healthy(records[: len(procs)], procs, plan.spec.local.start_timeout_s, report)
             if plan.spec.local.supervise:
-                self._start_supervisor(env)
+                self._start_supervisor()
         except BaseException:
             groups = [r.pid for r in records]
             for r in records:
                 what = f"replica {r.index}" if r.role == "engine" else "the router"
                 report.line(f"stopping {what} (pid {r.pid}); Ctrl-C again kills it at once")
             try:
-                await process.stop_groups(groups)
+                await process.stop_groups(groups, plan.stop_grace_s)
             finally:
                 process.kill_groups(groups)  # also when a second Ctrl-C cut the graceful stop short
                 clear_state(plan.run_dir)
@@ -165,11 +176,12 @@ class LocalTarget(Target):
         write_state(plan.run_dir, records)
         await routing.wait_listening(url, proc, str(log))
 
-    def _start_supervisor(self, env: dict[str, str]) -> None:
-        """The background process that restarts a crashed replica (it outlives this command)."""
+    def _start_supervisor(self) -> None:
+        """The background process that restarts a crashed replica (it outlives this command), each with the
+        environment its record holds."""
         run_dir = self.plan.run_dir
         log = run_dir / "supervisor.log"
-        proc = process.spawn(supervisor.command(run_dir), env, log)
+        proc = process.spawn(supervisor.command(run_dir), dict(os.environ), log)
         ticks = process.start_ticks(proc.pid) or 0
         add_record(run_dir, ProcessRecord("supervisor", 0, proc.pid, ticks, 0, "", str(log)))
 
@@ -191,7 +203,8 @@ class LocalTarget(Target):
         router = next((r.url for r in ours if r.role == "router"), None)
         if self.plan.router_port is not None or router:
             await routing.unpublish(self.plan, router)
-        await process.stop_groups([r.pid for r in ours if r.role != "supervisor"])
+        # vLLM finishes what it holds within its --shutdown-timeout; an idle one exits at once.
+        await process.stop_groups([r.pid for r in ours if r.role != "supervisor"], self.plan.stop_grace_s)
         clear_state(self.plan.run_dir)
         return [r.replica for r in ours if r.role == "engine"]
 
@@ -233,16 +246,6 @@ class LocalTarget(Target):
 
     async def doctor(self) -> list[Diagnosis]:
         raise not_built("local", "doctor", "read the replica logs under the run dir (vllm-fleet status SPEC)")
-
-
-def _without_port(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for arg in argv:
-        if skip or arg == "--port":
-            skip = not skip
-            continue
-        out.append(arg)
-    return out
 
 
 def _prefetch_result(warming: PrefetchHandle, model_dir: Path) -> PrefetchResult:

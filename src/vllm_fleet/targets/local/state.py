@@ -36,6 +36,9 @@ class ProcessRecord:
     argv: list[str] = field(default_factory=list)  # how to start it again (the supervisor)
     restarts: int = 0
     supervised: bool = True  # False while a rolling restart brings it up: not yet the supervisor's
+    # The engine's environment from the spec (engine.vllm_env: engine.env, the KV cache space), so `up` sees a
+    # change and the supervisor restarts it with the same; None in state files written before it was recorded.
+    env: dict[str, str] | None = None
 
     @property
     def replica(self) -> Replica:

@@ -4,8 +4,8 @@
 
 ``up`` starts it once every replica is healthy; it outlives the command. Every
 ``POLL_S`` it reads the state: an engine record (``supervised``) whose leader is gone is
-restarted with the same command line on the same port, after what is left of its group
-is killed, and its ``restarts`` count goes up. The router keeps the replica's URL and
+restarted with the same command line and environment on the same port, after what is left
+of its group is killed, and its ``restarts`` count goes up. The router keeps the replica's URL and
 routes to it again once its health check passes. Backoff doubles per crash in a row
 (a replica that ran ``STABLE_S`` is forgiven). It exits when ``down`` drops its record.
 """
@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from vllm_fleet.targets.local import process
@@ -58,12 +59,10 @@ class Supervisor:
         if now < due:
             return
         process.kill_groups([record.pid])  # its engine's children, if it left any
-        proc = process.spawn(record.argv, dict(os.environ), Path(record.log), append=True)
+        # The environment it ran with (records of older versions have none: this process's, which up gave it).
+        proc = process.spawn(record.argv, os.environ | (record.env or {}), Path(record.log), append=True)
         ticks = process.start_ticks(proc.pid) or 0
-        new = ProcessRecord(
-            "engine", record.index, proc.pid, ticks, record.port, record.url, record.log,
-            record.argv, record.restarts + 1,
-        )  # fmt: skip
+        new = replace(record, pid=proc.pid, start_ticks=ticks, restarts=record.restarts + 1)
         replace_record(self.run_dir, record, new)
         self.crashes[record.index] = self.crashes.get(record.index, 0) + 1
         self.started[record.index] = now

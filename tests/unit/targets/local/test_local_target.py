@@ -53,9 +53,10 @@ class Engines:
         self.flags: tuple[str, ...] = ()
         self.pgids: list[int] = []
 
-    def command(self, spec: object, *, model_dir: str, port: int) -> list[str]:
+    def command(self, spec: object, *, model_dir: str, port: int, shutdown_timeout_s: int | None = None) -> list[str]:
         assert Path(model_dir).is_dir()  # up stages before it starts an engine
-        return fake_engine.argv(port, "--models", SERVED, *self.flags)
+        graceful = () if shutdown_timeout_s is None else ("--shutdown-timeout", str(shutdown_timeout_s))
+        return fake_engine.argv(port, "--models", SERVED, *self.flags, *graceful)
 
 
 @pytest.fixture
@@ -64,8 +65,8 @@ def engines(monkeypatch: pytest.MonkeyPatch) -> Iterator[Engines]:
     engines = Engines()
     spawn = process.spawn
 
-    def recording_spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-        proc = spawn(argv, env, log)
+    def recording_spawn(argv: list[str], env: dict[str, str], log: Path, append: bool = False) -> subprocess.Popen:
+        proc = spawn(argv, env, log, append)
         engines.pgids.append(proc.pid)
         return proc
 
@@ -81,20 +82,26 @@ def engines(monkeypatch: pytest.MonkeyPatch) -> Iterator[Engines]:
 
 
 def make_plan(
-    tmp_path: Path, start_timeout_s: float = 30, replicas: int = 1, router: bool = False, supervise: bool = False
+    tmp_path: Path,
+    start_timeout_s: float = 30,
+    replicas: int = 1,
+    router: bool = False,
+    supervise: bool = False,
+    local: str = "",
 ) -> Plan:
     """A local Plan of a one-file model, its cache under ``tmp_path``, on free ports (without the router and the
-    supervisor unless asked: most tests here are about the engines' process groups)."""
+    supervisor unless asked: most tests here are about the engines' process groups); ``local``: more keys of
+    ``local``, as YAML flow text (``surge: 0``)."""
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"\0" * 4096)
-    base = fake_engine.free_ports(2 * replicas + 1)  # the router, the replicas, a rolling restart's replacements
+    base = fake_engine.free_ports(2 * replicas + 5)  # the router, the replicas, replacements, scaled-up ones
     text = (
         "name: fake\n"
         f"model: {{source: {model.as_uri()}, served_name: {SERVED}}}\n"
         f"cache: {{dir: {tmp_path / 'cache'}}}\n"
         f"local: {{base_port: {base}, start_timeout_s: {start_timeout_s}, prefetch: false, "
-        f"supervise: {str(supervise).lower()}}}\n"
+        f"supervise: {str(supervise).lower()}{', ' + local if local else ''}}}\n"
         f"replicas: {replicas}\n"
         f"router: {{enabled: {str(router).lower()}}}\n"
     )
