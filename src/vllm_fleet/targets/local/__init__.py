@@ -90,7 +90,10 @@ class LocalTarget(Target):
         if len(engines) != want:
             changes.append(f"{len(engines)} replica(s) running, the spec wants {want}: up scales")
         if any(r.index < want and replicas.differs(self.plan, r) for r in engines):
-            changes.append("running with other engine settings: up replaces the replicas one at a time")
+            # Refused now, not after staging, when the roll would leave nobody serving (scaling grows first).
+            choice = rolling.surge_for(self.plan, max(len(engines), want))
+            changes.append(f"running with other engine settings: up replaces the replicas one at a time, "
+                           f"surge {choice.surge}")  # fmt: skip
         return "; ".join(changes) or None
 
     async def up(self, report: Reporter = QUIET) -> UpResult:

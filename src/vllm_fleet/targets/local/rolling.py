@@ -52,15 +52,8 @@ async def restart(
     todo = [r for r in engines if which is None or which(r)]
     if not todo:
         return []
-    choice = room.decide(plan)
+    choice = surge_for(plan, len(engines))
     report.line(f"restart: surge {choice.surge} ({choice.why})")
-    if choice.surge == 0 and len(engines) == 1:
-        raise TargetError(
-            f"{plan.name} runs one replica and a restart with surge 0 ({choice.why}) would stop it before its "
-            "replacement serves: every request meanwhile would fail",
-            fix="free memory for a second replica, or set local.surge: 1, or replicas: 2 (the others serve while "
-            "one is replaced)",
-        )
     done = []
     for old in todo:
         if choice.surge == 1:
@@ -70,6 +63,19 @@ async def restart(
         report.replica(old.index, new.url, "healthy")
         done.append(new.replica)
     return done
+
+
+def surge_for(plan: Plan, serving: int) -> room.SurgeChoice:
+    """The restart's surge with ``serving`` replicas; refused when it would leave none serving."""
+    choice = room.decide(plan)
+    if choice.surge == 0 and serving == 1:
+        raise TargetError(
+            f"{plan.name} runs one replica and a restart with surge 0 ({choice.why}) would stop it before its "
+            "replacement serves: every request meanwhile would fail",
+            fix="free memory for a second replica, or set local.surge: 1, or replicas: 2 (the others serve while "
+            "one is replaced)",
+        )
+    return choice
 
 
 def _serving(plan: Plan) -> list[str]:

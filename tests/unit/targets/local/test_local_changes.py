@@ -141,6 +141,9 @@ def test_a_drain_first_restart_of_a_single_replica_is_refused_with_the_fix(tmp_p
         fix = info.value.fix or ""
         assert "free memory" in fix and "local.surge: 1" in fix and "replicas: 2" in fix
         assert engine_records(plan) == [before] and chat(plan.endpoints[0]) == (200, before.url)  # untouched
+        # up with changed settings is refused in preflight, before it stages or touches anything
+        with pytest.raises(TargetError, match="one replica"):
+            asyncio.run(LocalTarget(changed(plan, env={"FLEET_TEST_MARK": "x"})).preflight())
     finally:
         asyncio.run(target.down())
 
