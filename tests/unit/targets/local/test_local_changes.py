@@ -21,7 +21,7 @@ from tests.unit.targets.local.test_local_router import chat
 from tests.unit.targets.local.test_local_target import Engines, alive, make_plan
 from tests.unit.targets.local.test_local_target import engines as engines  # the fixture
 from vllm_fleet import engine
-from vllm_fleet.errors import TargetError
+from vllm_fleet.errors import EngineError, TargetError
 from vllm_fleet.plan import Plan, resolve
 from vllm_fleet.targets.base import Reporter
 from vllm_fleet.targets.local import LocalTarget, replicas
@@ -260,3 +260,47 @@ def test_a_state_file_without_the_engine_env_is_read_and_compared_by_argv_only(t
     assert record.env is None and not replicas.differs(plan, record)
     assert replicas.differs(plan, replace(record, env={"VLLM_CPU_KVCACHE_SPACE": "2"}))
     assert not replicas.differs(plan, replace(record, env=engine.vllm_env(plan.spec)))
+
+
+def test_a_failed_drain_first_replacement_gives_way_to_the_old_command_line(tmp_path: Path, engines: Engines) -> None:
+    """surge 0: replica 0 is drained and stopped, its replacement dies while starting; the old command line runs
+    again on its port, routed beside replica 1, and the error says both."""
+    plan = make_plan(tmp_path, replicas=2, router=True, local="surge: 0", start_timeout_s=10)
+    target = LocalTarget(plan)
+    asyncio.run(target.up())
+    try:
+        asyncio.run(target.publish())
+        before = engine_records(plan)
+        engines.flags = ("--exit-after", "0")  # the new command line: an engine that dies while starting
+        with pytest.raises(EngineError) as info:
+            asyncio.run(target.restart())
+        assert "replica 0 runs again with its previous settings" in info.value.message
+        after = engine_records(plan)
+        assert [(r.index, r.port, r.argv) for r in after] == [(r.index, r.port, r.argv) for r in before]
+        assert after[0].pid != before[0].pid and after[1] == before[1]  # replica 1 untouched
+        assert routed_to(plan) == {r.url for r in after}
+        assert answered_by(plan, 10) == {r.url for r in after}
+    finally:
+        asyncio.run(target.down())
+    assert not any(alive(pgid) for pgid in engines.pgids)
+
+
+def test_a_new_replica_failing_while_scaling_up_leaves_the_running_one_serving(
+    tmp_path: Path, engines: Engines
+) -> None:
+    one = make_plan(tmp_path, replicas=1, router=True, start_timeout_s=10)
+    asyncio.run(LocalTarget(one).up())
+    try:
+        asyncio.run(LocalTarget(one).publish())
+        [first] = engine_records(one)
+        engines.flags = ("--exit-after", "0")
+        two = changed(one, replicas=2)
+        target = LocalTarget(two)
+        asyncio.run(target.preflight())
+        with pytest.raises(EngineError):
+            asyncio.run(target.up())
+        assert engine_records(one) == [first] and alive(first.pid)  # the new one's record and process are gone
+        assert routed_to(one) == {first.url} and answered_by(one, 5) == {first.url}
+    finally:
+        asyncio.run(LocalTarget(one).down())
+    assert not any(alive(pgid) for pgid in engines.pgids)
