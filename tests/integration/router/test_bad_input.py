@@ -73,14 +73,19 @@ def test_no_healthy_backend_is_a_503_with_retry_after() -> None:
         asyncio.run(body())
 
 
+def make_key(url: str, name: str, **limits: int) -> str:
+    """A new API key in the registry at ``url``; its secret."""
+
+    async def create() -> str:
+        async with await open_registry(url) as registry:
+            return await registry.create_key(name, **limits)
+
+    return asyncio.run(create())
+
+
 def test_api_keys_from_the_registry_401_when_wrong_and_429_over_the_limit(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
-
-    async def make_key() -> str:
-        async with await open_registry(url) as registry:
-            return await registry.create_key("team-a", requests_per_min=2)
-
-    secret = asyncio.run(make_key())
+    secret = make_key(url, "team-a", requests_per_min=2)
     with FaultServer(models=("m",)) as backend:
 
         async def body() -> None:
@@ -103,12 +108,7 @@ def test_api_keys_from_the_registry_401_when_wrong_and_429_over_the_limit(tmp_pa
 
 def test_with_peers_each_router_replica_allows_its_share_of_a_key_limit(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
-
-    async def make_key() -> str:
-        async with await open_registry(url) as registry:
-            return await registry.create_key("team-b", requests_per_min=5)
-
-    secret = asyncio.run(make_key())
+    secret = make_key(url, "team-b", requests_per_min=5)
     with FaultServer(models=("m",)) as backend:
 
         async def body() -> None:

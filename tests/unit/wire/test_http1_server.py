@@ -140,6 +140,33 @@ def echo_answer(path: str, close: bool = False) -> bytes:
     )
 
 
+def recording() -> tuple[list[Request], Callable[[Request], Awaitable[Reply]]]:
+    """A handler answering 200 with nothing, and the requests it was called with (in order)."""
+    called: list[Request] = []
+
+    async def handler(request: Request) -> Reply:
+        called.append(request)
+        return Reply(200, [], b"")
+
+    return called, handler
+
+
+def long_handler() -> tuple[Callable[[Request], Awaitable[Reply]], asyncio.Event, asyncio.Event]:
+    """A handler that runs until cancelled, and the events it sets when it starts and when it is cancelled."""
+    entered, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: Request) -> Reply:
+        entered.set()
+        try:
+            await asyncio.sleep(TEST_S)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Reply(200)
+
+    return handler, entered, cancelled
+
+
 # --- requests as the handler sees them -------------------------------------------------------------------
 
 
@@ -410,11 +437,7 @@ def test_a_body_at_the_limit_is_accepted(sent: bytes) -> None:
     ids=["not-http", "bad-header", "bad-length", "bad-chunk"],
 )
 def test_malformed_bytes_get_a_400_and_a_close(sent: bytes) -> None:
-    called: list[Request] = []
-
-    async def handler(request: Request) -> Reply:
-        called.append(request)
-        return Reply(200, [], b"")
+    called, handler = recording()
 
     async def body() -> None:
         async with serving(handler) as harness:
@@ -433,11 +456,7 @@ def test_malformed_bytes_get_a_400_and_a_close(sent: bytes) -> None:
 
 
 def test_a_websocket_upgrade_gets_a_501_without_reaching_the_handler() -> None:
-    called: list[Request] = []
-
-    async def handler(request: Request) -> Reply:
-        called.append(request)
-        return Reply(200, [], b"")
+    called, handler = recording()
 
     async def body() -> None:
         async with serving(handler) as harness:
@@ -681,16 +700,7 @@ def test_a_real_client_sees_an_answer_cut_after_its_start_as_an_error() -> None:
 
 
 def test_a_client_that_disconnects_cancels_its_handler() -> None:
-    entered, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def handler(request: Request) -> Reply:
-        entered.set()
-        try:
-            await asyncio.sleep(TEST_S)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Reply(200)
+    handler, entered, cancelled = long_handler()
 
     async def body() -> None:
         async with serving(handler) as harness:
@@ -831,16 +841,7 @@ def test_close_lets_an_answer_in_progress_finish_within_the_timeout() -> None:
 
 
 def test_close_aborts_an_answer_that_runs_past_the_timeout() -> None:
-    entered, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def handler(request: Request) -> Reply:
-        entered.set()
-        try:
-            await asyncio.sleep(TEST_S)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return Reply(200)
+    handler, entered, cancelled = long_handler()
 
     async def body() -> None:
         async with serving(handler) as harness:
