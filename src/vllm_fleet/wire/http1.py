@@ -94,7 +94,8 @@ class Response:
 
     async def pipe(self, sink: Callable[[bytes], bool]) -> bool:
         """Hand the rest of the body to ``sink`` as it arrives, in the connection's own callback (no task
-        switch per piece: what a proxy forwarding a token stream spends most on otherwise). Returns True once
+        switch per piece: what a proxy forwarding a token stream spends most on otherwise), what one read
+        brought in one call (one write onward, however many chunks it held). Returns True once
         the body is complete; False as soon as ``sink`` returns False (its reader is slow): reading stops
         until the caller, having waited for its reader, pipes again. Raises as :meth:`chunks` does."""
         if self._chunks:
@@ -178,11 +179,23 @@ class _Connection(asyncio.Protocol):
         if self.response is None:  # bytes nobody asked for: this connection cannot be trusted again
             self.transport.close()
             return
+        response = self.response
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.response._fail(MalformedResponse(f"not an HTTP/1.1 response: {exc}"))
+            response._fail(MalformedResponse(f"not an HTTP/1.1 response: {exc}"))
             self.transport.close()
+            return
+        sink = response._sink
+        if sink is not None and response._chunks:
+            # What this read brought goes on in one piece: one write to the client for the events of a read.
+            chunks = response._chunks
+            piece = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            if not sink(piece):
+                response._sink = None
+                self.transport.pause_reading()
+                response._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._client.forget(self)
@@ -215,13 +228,8 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         response = self._parsing
-        sink = response._sink
-        if sink is None:
-            response._chunks.append(body)
-            response._wake()
-        elif not sink(body):
-            response._sink = None
-            self.transport.pause_reading()
+        response._chunks.append(body)
+        if response._sink is None:  # piped ones go on at the end of the read (data_received)
             response._wake()
 
     def on_message_complete(self) -> None:
