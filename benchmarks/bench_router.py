@@ -507,6 +507,7 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
+    peers.stop_all_on_sigterm()
     cores = sorted(os.sched_getaffinity(0))
     client, proxy = ({cores[0]}, {cores[-1]}) if len(cores) > 1 else (None, None)
     if client:

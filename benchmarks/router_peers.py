@@ -169,6 +169,12 @@ class Proc:
                 self.proc.wait(10)
 
 
+def stop_all_on_sigterm() -> None:
+    """A SIGTERM ends the run as Ctrl-C does, through its ``finally``: the processes it started run in sessions of
+    their own (so a terminal's Ctrl-C reaches only the benchmark), and nothing else would stop them."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def _start(name: str, argv: list[str], url: str, cores: set[int] | None, log: Path) -> Proc:
     """Start ``argv`` in its own process group under ``taskset -c CORES`` (pinned from its first instruction)."""
     taskset = shutil.which("taskset")
