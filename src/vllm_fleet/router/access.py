@@ -106,13 +106,14 @@ class RegistryLink:
             return cached[1]
         limits = await self._registry.check_key(secret)
         if limits is not None and self.peers > 1:
-            limits = replace(limits, **{k: _share(v, self.peers) for k, v in limits.to_dict().items() if k != "name"})
+            rpm, tpm = _share(limits.requests_per_min, self.peers), _share(limits.tokens_per_min, self.peers)
+            limits = replace(limits, requests_per_min=rpm, tokens_per_min=tpm)
         if len(self._keys) >= MAX_CACHED_KEYS:
             self._keys.clear()
         self._keys[digest] = (now + KEY_CACHE_S, limits)
         return limits
 
 
-def _share(limit: object, peers: int) -> int | None:
+def _share(limit: int | None, peers: int) -> int | None:
     """One replica's share of a per-minute limit (at least 1: a limit never becomes a ban)."""
-    return max(1, math.ceil(limit / peers)) if isinstance(limit, int) else None
+    return None if limit is None else max(1, math.ceil(limit / peers))

@@ -114,8 +114,6 @@ class Response:
                 await self._wait()
         finally:
             self._sink = None
-        if self._error is not None and not self.complete:
-            raise self._error
         return True
 
     async def read(self) -> bytes:

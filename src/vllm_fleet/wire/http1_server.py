@@ -55,11 +55,11 @@ class Request:
     :meth:`start`, :meth:`write` (+ :meth:`drain` when :attr:`paused`) and :meth:`finish`."""
 
     __slots__ = (
-        "_bodiless",
         "_chunked",
         "_connection",
         "_parts",
         "_size",
+        "_writer",
         "body",
         "finished",
         "headers",
@@ -87,7 +87,7 @@ class Request:
         self._parts: list[bytes] = []
         self._size = 0
         self._chunked = False
-        self._bodiless = False
+        self._writer: Callable[[bytes], bool]  # set by start
 
     @property
     def path(self) -> str:
@@ -106,48 +106,27 @@ class Request:
         """Send the answer's head; its body follows in :meth:`write` calls (chunked when ``length`` is None)."""
         connection = self._connection
         framing = ""
-        self._bodiless = self.method == "HEAD" or _bodiless(status)
         if _bodiless(status):
             pass  # RFC 9112 §6.3: no body, no framing headers
         elif length is not None:
             framing = f"Content-Length: {length}\r\n"
         elif self.version == "1.1":
-            self._chunked = not self._bodiless
+            self._chunked = self.method != "HEAD"
             framing = "Transfer-Encoding: chunked\r\n"
         else:  # an HTTP/1.0 client reads to the end of the connection
             connection.keep_alive = False
         connection.write(_head(status, headers, framing, connection))
+        self._writer = _body_writer(connection, self._chunked, self.method == "HEAD" or _bodiless(status))
         self.started = True
 
     def write(self, data: bytes) -> None:
-        if not data or self._bodiless:
-            return
-        if self._chunked:
-            self._connection.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self._connection.write(data)
+        """A piece of the streamed body (after :meth:`start`)."""
+        self._writer(data)
 
     def writer(self) -> Callable[[bytes], bool]:
         """:meth:`write` as one function, returning ``not paused``: the per-piece path of a forwarded stream
         (called from the upstream connection's callback for every token event)."""
-        connection = self._connection
-        write = connection.transport.write
-        if self._bodiless:
-            return lambda data: True
-        if not self._chunked:
-
-            def plain(data: bytes) -> bool:
-                write(data)
-                return not connection.paused
-
-            return plain
-
-        def chunk(data: bytes) -> bool:
-            if data:
-                write(b"%x\r\n%b\r\n" % (len(data), data))
-            return not connection.paused
-
-        return chunk
+        return self._writer
 
     async def drain(self) -> None:
         await self._connection.drain()
@@ -165,6 +144,24 @@ class Request:
         framing = "" if _bodiless(status) else f"Content-Length: {len(answer.body)}\r\n"
         self._connection.write(_head(status, answer.headers, framing, self._connection) + body)
         self.started = self.finished = True
+
+
+def _body_writer(connection: _Connection, chunked: bool, bodiless: bool) -> Callable[[bytes], bool]:
+    """What writes one piece of a streamed body onto ``connection`` and says whether to go on (``not paused``)."""
+    write = connection.transport.write
+    if bodiless:
+        return lambda data: True
+
+    def plain(data: bytes) -> bool:
+        write(data)
+        return not connection.paused
+
+    def chunk(data: bytes) -> bool:
+        if data:  # an empty chunk would end the body
+            write(b"%x\r\n%b\r\n" % (len(data), data))
+        return not connection.paused
+
+    return chunk if chunked else plain
 
 
 def _bodiless(status: int) -> bool:

@@ -133,21 +133,14 @@ class LocalTarget(Target):
         plan = self.plan
         records: list[ProcessRecord] = []
         procs: list[subprocess.Popen] = []
-        engine_env = engine.vllm_env(plan.spec)
         try:
             plan.run_dir.mkdir(parents=True, exist_ok=True)
             for index, port in enumerate(plan.ports):
-                log = plan.run_dir / f"replica-{index}.log"
-                argv = replicas.command(plan, port)
-                proc = process.spawn(argv, os.environ | engine_env, log)
+                proc, record = replicas.spawn(plan, index, port, plan.run_dir / f"replica-{index}.log", supervised=True)
                 procs.append(proc)
-                ticks = process.start_ticks(proc.pid) or 0
-                url = plan.url_of(port)
-                records.append(
-                    ProcessRecord("engine", index, proc.pid, ticks, port, url, str(log), argv, env=engine_env)
-                )
+                records.append(record)
                 write_state(plan.run_dir, records)
-                report.replica(index, plan.url_of(port), "starting")
+                report.replica(index, record.url, "starting")
             if plan.router_port is not None:
                 await self._start_router(records)
             await wait_healthy(records[: len(procs)], procs, plan.spec.local.start_timeout_s, report)

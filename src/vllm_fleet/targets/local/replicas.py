@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 
@@ -64,6 +66,27 @@ def slot(plan: Plan, index: int, taken: set[int]) -> int:
     return next(port for port in (home + k * step for k in range(len(taken) + 2)) if port not in taken)
 
 
+def spawn(
+    plan: Plan,
+    index: int,
+    port: int,
+    log: Path,
+    *,
+    supervised: bool,
+    argv: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    append: bool = False,
+) -> tuple[subprocess.Popen, ProcessRecord]:
+    """Start replica ``index`` of ``plan`` on ``port`` (the spec's command and environment unless given); its
+    process and its record (not yet written)."""
+    argv = argv or command(plan, port)
+    env = engine.vllm_env(plan.spec) if env is None else env
+    proc = process.spawn(argv, os.environ | env, log, append=append)
+    ticks = process.start_ticks(proc.pid) or 0
+    url = plan.url_of(port)
+    return proc, ProcessRecord("engine", index, proc.pid, ticks, port, url, str(log), argv, 0, supervised, env)
+
+
 async def start_verified(
     plan: Plan,
     index: int,
@@ -79,12 +102,9 @@ async def start_verified(
     from vllm_fleet.verify import VerifySettings, verify_all
 
     process.check_port_free(plan.spec.local.host, port)
-    argv = argv or command(plan, port)
-    env = engine.vllm_env(plan.spec) if env is None else env
     log = plan.run_dir / f"replica-{index}-{port}.log"
-    proc = process.spawn(argv, os.environ | env, log, append=True)  # a replica it replaces may have logged here
-    ticks = process.start_ticks(proc.pid) or 0
-    new = ProcessRecord("engine", index, proc.pid, ticks, port, plan.url_of(port), str(log), argv, 0, False, env)
+    # append: a replica it replaces may have logged there
+    proc, new = spawn(plan, index, port, log, supervised=False, argv=argv, env=env, append=True)
     add_record(plan.run_dir, new)
     report.replica(index, new.url, "starting")
     try:
