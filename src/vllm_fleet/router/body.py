@@ -1,7 +1,8 @@
 """What the router reads of a request body: the model, the prompt's leading text, a session key, a token estimate.
 
-The body is parsed to read these and is forwarded as received, byte for byte: nothing
-here re-encodes it.
+The body is parsed to read these (orjson: a quarter of the json module's time on the same bodies, and
+parsing was the largest part of the router's own work per request) and is forwarded as received, byte for
+byte: nothing here re-encodes it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 # Prefix affinity keys (policies.PrefixAffinity): the leading text at two depths. The shallow one is the
 # system prompt (or the first block of a plain prompt): what many requests share and vLLM's prefix cache
@@ -39,9 +42,9 @@ NO_FACTS = RequestFacts(None, "", "", None, 0, False)
 def read_facts(body: bytes) -> RequestFacts:
     """The routing facts of a JSON request body; BodyError when it is not a JSON object."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BodyError(f"the request body is not JSON: {exc}") from None
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:  # strict JSON only: what Python's json module also reads (NaN) passes too
+        data = _lenient(body)
     if not isinstance(data, dict):
         raise BodyError("the request body must be a JSON object")
     model = data.get("model")
@@ -59,6 +62,13 @@ def read_facts(body: bytes) -> RequestFacts:
         tokens=tokens,
         stream=data.get("stream") is True,
     )
+
+
+def _lenient(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BodyError(f"the request body is not JSON: {exc}") from None
 
 
 def _leading_text(data: dict[str, Any]) -> tuple[str, str]:

@@ -68,6 +68,8 @@ def bounded_rendezvous(backends: Sequence[Backend], first: int, then: Callable[[
 
 
 def prefix(backends: Sequence[Backend], facts: RequestFacts, session: str | None) -> Backend:
+    if len(backends) == 1:  # nothing to choose: no hashing
+        return backends[0]
     if not facts.shallow:
         return least_load(backends, facts, session)
     return bounded_rendezvous(backends, hash64(facts.shallow), lambda: hash64(facts.deep))

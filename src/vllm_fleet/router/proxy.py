@@ -193,7 +193,7 @@ class Proxy:
             self.pool.succeeded(backend)
         else:
             self.pool.failed(backend, f"answered {upstream.status}")
-        self.metrics.added.observe(added)
+        self.metrics.added(added)
         self.metrics.answered(facts.model or "", backend.url, upstream.status)
         log_access(request, upstream.status, facts.model, backend.url, attempts, started)
         return answer

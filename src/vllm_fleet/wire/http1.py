@@ -124,7 +124,7 @@ class Response:
         self._connection.release(self)
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._connection.loop.create_future()
         try:
             await self._waiter
         finally:
@@ -147,6 +147,7 @@ class _Connection(asyncio.Protocol):
         self._client = client
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport  # set by connection_made, before create_connection hands us out
+        self.loop: asyncio.AbstractEventLoop
         self.response: Response | None = None
         # The parser callbacks' target: self.response whenever they run (data_received feeds only with one).
         self._parsing: Response
@@ -172,6 +173,8 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # create_connection makes a stream transport
+        # Looked up once: asyncio.get_running_loop() is a getpid() system call each time (a fork check).
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         if self.response is None:  # bytes nobody asked for: this connection cannot be trusted again

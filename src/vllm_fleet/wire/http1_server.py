@@ -195,6 +195,7 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport
+        self.loop: asyncio.AbstractEventLoop
         self.remote = ""
         self.keep_alive = True
         self.paused = False
@@ -211,6 +212,7 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.loop = asyncio.get_running_loop()  # once: each call is a getpid() system call (a fork check)
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else ""
         self.last_active = time.monotonic()
@@ -305,7 +307,7 @@ class _Connection(asyncio.Protocol):
         if len(self._ready) > MAX_PIPELINED:
             self.transport.pause_reading()
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._serve())
+            self._task = self.loop.create_task(self._serve())
         elif self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -335,7 +337,7 @@ class _Connection(asyncio.Protocol):
                 if not ready:
                     if not self.keep_alive or server.closing:
                         break
-                    self._waiter = asyncio.get_running_loop().create_future()
+                    self._waiter = self.loop.create_future()
                     await self._waiter
                     self._waiter = None
                     continue
@@ -388,7 +390,7 @@ class _Connection(asyncio.Protocol):
         if self.transport.is_closing():
             raise asyncio.CancelledError
         if self.paused:
-            self._drained = asyncio.get_running_loop().create_future()
+            self._drained = self.loop.create_future()
             await self._drained
 
 

@@ -46,6 +46,14 @@ def test_what_is_not_an_openai_body_is_a_body_error(body: bytes) -> None:
         read_facts(body)
 
 
+def test_what_pythons_json_reads_beyond_strict_json_is_still_a_body() -> None:
+    """orjson reads the body first; NaN (which json.dumps writes and vLLM's server reads) falls back to json."""
+    facts = read_facts(b'{"model": "m", "temperature": NaN, "prompt": "hi", "max_tokens": 4}')
+    assert (facts.model, facts.shallow, facts.tokens) == ("m", "hi", 4)
+    with pytest.raises(BodyError, match="not JSON"):
+        read_facts(b'{"model": "m", "prompt": NaX}')
+
+
 def test_retry_after_and_hop_by_hop_headers() -> None:
     assert (retry_after("3"), retry_after("0.5"), retry_after("-2"), retry_after(None)) == (3.0, 0.5, 0.0, None)
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
