@@ -30,10 +30,11 @@ from vllm_fleet.wire.openai import error_body
 
 access_log = logging.getLogger("vllm_fleet.router.access")
 
-# Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the sending side writes itself: never forwarded.
+# Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the sending side writes itself: never forwarded. Nor
+# is Expect: the router's server met a 100-continue expectation itself and holds the whole body.
 _HOP = frozenset(
     ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
-     "trailer", "transfer-encoding", "upgrade", "host", "content-length")
+     "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect")
 )  # fmt: skip
 RETRIED_STATUS = frozenset((429, 502, 503, 504))
 BACKEND_HEADER = "x-vllm-fleet-backend"

@@ -154,6 +154,7 @@ class _Connection(asyncio.Protocol):
         self._until_close = False  # a body with neither length nor chunking ends when the connection does
         self.keep_alive = False  # read while the message completes: llhttp resets it right after
         self._head_only = False  # the request was a HEAD
+        self._interim = False  # parsing a 1xx answer
 
     def send(self, data: bytes, head_only: bool = False) -> Response:
         self.transport.write(data)  # no answer can arrive before this step yields to the loop
@@ -218,7 +219,13 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         response = self._parsing
-        response.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): the final one follows
+            response.headers.clear()
+            response.raw_headers.clear()
+            self._interim = True
+            return
+        response.status = status
         response._headers_done = True
         headers = response.headers
         self._until_close = "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "")
@@ -234,6 +241,9 @@ class _Connection(asyncio.Protocol):
             response._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self._until_close = False
         self.keep_alive = self._parser.should_keep_alive()
         response = self._parsing

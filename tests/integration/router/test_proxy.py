@@ -262,3 +262,49 @@ def test_a_head_request_is_answered_without_waiting_for_a_body() -> None:
         server.close()
 
     asyncio.run(body())
+
+
+def test_a_100_continue_expectation_is_met_by_the_router_and_interim_answers_are_not_the_answer() -> None:
+    """The router answers a client's Expect: 100-continue itself (it holds the whole body), so the backend is
+    not asked to; a 1xx a backend sends anyway (here 103 Early Hints, in a write of its own, as uvicorn sends
+    its 100 Continue) is skipped, and the final answer is the one relayed."""
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                if not head.startswith(b"POST "):  # health checks, /v1/models
+                    listed = b'{"object": "list", "data": [{"id": "m", "object": "model"}]}'
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(listed), listed))
+                    continue
+                seen.append(head)
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                body = await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                             % (len(body), body))  # fmt: skip
+
+    async def body() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        async with routing(url) as router:
+            reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+            payload = json.dumps(chat()).encode()
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(payload))  # fmt: skip
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(payload)
+            for _ in range(2):  # the same connection, twice: nothing of the first answer is left over
+                head = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+                assert head.startswith("http/1.1 200 ") and "link:" not in head, head
+                length = int(head.split("content-length: ")[1].split("\r\n")[0])
+                assert await reader.readexactly(length) == payload
+                writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%b" % (len(payload), payload))  # fmt: skip
+            writer.close()
+        server.close()
+
+    asyncio.run(body())
+    assert seen and not any(b"expect:" in head.lower() for head in seen), seen

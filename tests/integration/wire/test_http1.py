@@ -262,3 +262,25 @@ def test_https_verifies_the_server_against_the_trusted_certificates(tmp_path, mo
                 writer.close()
 
     asyncio.run(main())
+
+
+async def _interim_then_answer(head: bytes, writer: asyncio.StreamWriter) -> bool:
+    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # alone in its read
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")  # with the final answer, in one read
+    writer.write(b"HTTP/1.1 200 OK\r\nx-final: 1\r\ncontent-length: 5\r\n\r\nhello")
+    return True
+
+
+def test_interim_1xx_answers_are_skipped_for_the_final_one():
+    async def test(url: str, server: Scripted) -> None:
+        client = http1.Client(url)
+        for _ in range(2):  # and the connection is clean for the next request
+            response = await client.request("POST", "/interim")
+            assert (response.status, response.raw_headers) == (200, [("x-final", "1"), ("content-length", "5")])
+            assert await response.read() == b"hello"
+            response.release()
+        client.close()
+
+    assert _run({"/interim": _interim_then_answer}, test).connections == 1
