@@ -20,7 +20,8 @@ Sections:
    noisy moment on a shared machine lands on all of them; CPU seconds per 1,000 requests;
 2. streaming: added time to first byte (TTFT through - direct) at 200 streams/s; SSE events
    forwarded per router CPU-second, with the yardstick (a stream arrives in one write)
-   and with a fake engine dripping one event per write every 5 ms (as vLLM streams);
+   and with a fake engine dripping one event per write every 5 ms (as vLLM streams), in interleaved
+   rounds (the median, and the lowest and highest round beside it);
 3. the load at which added p99 passes 5 ms: a short rate sweep, one core per proxy;
 4. soak: our router's RSS over --soak-requests (default 100k; --soak: a million),
    non-streamed and streamed segments alternating;
@@ -231,25 +232,37 @@ def ttfb(bench: Bench, targets: list[Target]) -> dict:
     return result
 
 
-def events(targets: list[Target], tokens: int, concurrency: int, requests: int, label: str) -> dict:
-    """Closed-loop streams of ``tokens`` events (+ usage + [DONE]); events forwarded per proxy CPU-second."""
+def events(bench: Bench, targets: list[Target], tokens: int, concurrency: int, requests: int, label: str) -> dict:
+    """Closed-loop streams of ``tokens`` events (+ usage + [DONE]); events forwarded per proxy CPU-second.
+
+    In rounds that interleave the targets, as the latency section does: on this shared machine one
+    target's figure moves by a fifth from run to run. The figure is the median over rounds; the range
+    is kept beside it."""
     prompts = load.stream_prompts(64, tokens)
+    per_cpu: dict[str, list[float]] = {t.key: [] for t in targets}
+    wall: dict[str, list[float]] = {t.key: [] for t in targets}
+    failed = dict.fromkeys(per_cpu, 0)
+    for _ in range(bench.args.rounds):
+        for target in targets:
+            wait_quiet(bench)
+            before = target.cpu()
+            run = load.streamed(target.url, prompts, math.inf, requests, concurrency=concurrency)
+            used = target.cpu() - before
+            wall[target.key].append(run.ok * (tokens + 2) / run.duration_s if run.duration_s else 0.0)
+            failed[target.key] += len(run.failed)
+            if target.proc:
+                per_cpu[target.key].append((run.ok + load.WARMUP) * (tokens + 2) / used if used > 0 else math.inf)
     result = {}
     for target in targets:
-        before = target.cpu()
-        run = load.streamed(target.url, prompts, math.inf, requests, concurrency=concurrency)
-        used = target.cpu() - before
-        forwarded = (run.ok + load.WARMUP) * (tokens + 2)
-        row = {
-            "events_per_s_wall": run.ok * (tokens + 2) / run.duration_s if run.duration_s else 0.0,
-            "failed": len(run.failed),
-        }
+        key = target.key
+        row = {"events_per_s_wall": statistics.median(wall[key]), "failed": failed[key]}
         if target.proc:
-            row["router_cpu_s"] = used
-            row["events_per_cpu_s"] = forwarded / used if used > 0 else math.inf
-        result[target.key] = row
-        per_cpu = f"{row['events_per_cpu_s']:,.0f} per router CPU-s" if target.proc else ""
-        say(f"  events ({label}) {target.key:<24} {row['events_per_s_wall']:,.0f}/s wall {per_cpu}")
+            row["events_per_cpu_s"] = statistics.median(per_cpu[key])
+            row["events_per_cpu_s_rounds"] = [round(v) for v in per_cpu[key]]
+        result[key] = row
+        rounds = f" (rounds {min(per_cpu[key]):,.0f}-{max(per_cpu[key]):,.0f})" if target.proc else ""
+        per = f"{row['events_per_cpu_s']:,.0f} per router CPU-s{rounds}" if target.proc else ""
+        say(f"  events ({label}) {key:<24} {row['events_per_s_wall']:,.0f}/s wall {per}")
     return result
 
 
@@ -421,7 +434,11 @@ def table(out: dict) -> str:
         ("events_drip", "itl 5 ms: an event per write"),
     ):
         if key in out:
-            row(f"SSE events / router CPU-s ({label})", ">= 50,000", out[key], "events_per_cpu_s", 0)
+            row(f"SSE events / router CPU-s ({label}, median)", ">= 50,000", out[key], "events_per_cpu_s", 0)
+            spans = {c: v["events_per_cpu_s_rounds"] for c, v in out[key].items() if "events_per_cpu_s_rounds" in v}
+            rows.append(("  rounds: lowest - highest", "", [
+                f"{min(spans[c]):,} - {max(spans[c]):,}" if c in spans else "-" for c in columns
+            ]))  # fmt: skip
             row("  SSE events / s wall", "", out[key], "events_per_s_wall", 0)
     if "sweep" in out:
         sw = out["sweep"]
@@ -571,7 +588,7 @@ def run_sections(bench: Bench) -> None:
         out["ttfb"] = ttfb(bench, targets)
     if "events" not in args.skip:
         say("2b. SSE events per router CPU-second: the yardstick (each stream in one write)")
-        out["events_burst"] = events(targets, 256, 32, 600, "yardstick")
+        out["events_burst"] = events(bench, targets, 256, 32, 600, "yardstick")
     if "sweep" not in args.skip:
         say("3. rate sweep: where added p99 passes 5 ms")
         out["sweep"] = sweep(bench, targets)
@@ -580,7 +597,7 @@ def run_sections(bench: Bench) -> None:
         say("2c. SSE events per router CPU-second: a fake engine dripping an event every 5 ms per stream")
         drip = bench.keep(peers.yardstick(bench.work, bench.client_cores, "--itl-ms", "5", name="drip"))
         drip_targets = bench.targets(drip)
-        out["events_drip"] = events(drip_targets, 128, 64, 400, "itl 5 ms")
+        out["events_drip"] = events(bench, drip_targets, 128, 64, 400, "itl 5 ms")
         bench.release(drip_targets)
         bench.stop(drip)
     if "soak" not in args.skip:
