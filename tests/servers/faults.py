@@ -67,6 +67,7 @@ class Stream:
     events: tuple[bytes, ...]
     gap_s: float = 0.0
     reset: bool = False  # after the events, a TCP reset instead of the stream's end (a backend dying mid-stream)
+    torn: bytes = b""  # with reset: these first bytes of one more event before the reset (it dies mid-event)
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,8 @@ class FaultServer:
                 writer.write(b"%x\r\n%s\r\n" % (len(data), data))
                 await writer.drain()
             if action.reset:
+                if action.torn:
+                    writer.write(b"%x\r\n%s\r\n" % (len(action.torn), action.torn))
                 await asyncio.sleep(0.05)  # let the events reach the client before the RST
                 _reset(writer)
                 return False

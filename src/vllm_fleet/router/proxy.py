@@ -220,10 +220,7 @@ class Proxy:
         # The rest is written from the upstream connection's callback, the moment each piece arrives.
         sink = write = out.writer()
         if transcript is not None:
-            keep = transcript.whole_events
-
-            def sink(data: bytes) -> bool:
-                return write(keep(data))
+            sink = transcript.sink(write)
 
         while not await upstream.pipe(sink):
             await out.drain()  # a slow client: the backend's connection waits with it
@@ -242,6 +239,7 @@ class Proxy:
     ) -> bool:
         """Continue the stream on other backends (within the retry budget); True once it ended whole."""
         while len(tried) <= self.retries:
+            transcript.cut()
             text, tokens, finished = transcript.so_far()
             again = continuation_body(body, text, tokens)
             left = [b for b in self.pool.available(facts.model) if b not in tried]

@@ -17,6 +17,7 @@ continued from text can differ from an uninterrupted run where the text re-token
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 _EVENT_END = b"\n\n"
@@ -39,6 +40,25 @@ class Transcript:
         whole, self._held = data[: end + 2], data[end + 2 :]
         self._sent.append(whole)
         return whole
+
+    def sink(self, write: Callable[[bytes], bool]) -> Callable[[bytes], bool]:
+        """``write`` for a piped stream, passing whole events only and keeping them: a piece that ends at an
+        event's end with nothing held back (the usual one) goes on in one check, any other through
+        :meth:`whole_events`."""
+        sent, keep = self._sent, self.whole_events
+
+        def sink(data: bytes) -> bool:
+            if not self._held and data.endswith(_EVENT_END):
+                sent.append(data)
+                return write(data)
+            return write(keep(data))
+
+        return sink
+
+    def cut(self) -> None:
+        """The stream broke: what was held back never reached the client and is dropped (a continuation
+        starts after the last whole event)."""
+        self._held = b""
 
     def rest(self) -> bytes:
         """What is held back, once the stream has ended whole."""

@@ -64,6 +64,22 @@ def test_a_stream_cut_mid_answer_is_continued_on_another_backend() -> None:
         assert (sent["continue_final_message"], sent["add_generation_prompt"], sent["max_tokens"]) == (True, False, 7)
 
 
+def test_a_backend_that_dies_mid_event_is_continued_without_the_torn_event() -> None:
+    """The torn event never reached the client (whole events only): the continuation must not carry it."""
+    torn = Stream(BROKEN.events, reset=True, torn=b'data: {"id": "c", "object": "chat.completion.chunk", "cho')
+    with FaultServer() as first, FaultServer() as second:
+        first.script(PATH, torn)
+        second.script(PATH, REST)
+
+        async def body() -> None:
+            async with routing(first.url, second.url, policy="round-robin") as router:
+                events, done = await stream_through(router.url, chat(stream=True, max_tokens=10))
+                text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+                assert (text, done) == ("The capital is Paris.", True)
+
+        asyncio.run(body())
+
+
 def test_with_no_other_backend_the_client_sees_the_stream_break() -> None:
     with FaultServer() as only:
         only.script(PATH, BROKEN)

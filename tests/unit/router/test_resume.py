@@ -25,6 +25,22 @@ def test_a_torn_event_is_held_until_its_end_arrives() -> None:
     assert t.so_far() == ("Hello", 2, False)
 
 
+def test_the_sink_passes_whole_events_at_once_holds_a_torn_one_and_a_cut_drops_it() -> None:
+    written: list[bytes] = []
+    t = Transcript()
+    sink = t.sink(lambda data: written.append(data) is None)
+    first, torn = delta("The"), delta(" end")
+    assert sink(first) and written == [first]  # whole: on at once
+    sink(torn[:7])
+    assert written[-1] == b""  # torn: nothing of it yet
+    sink(torn[7:] + delta(" is")[:4])
+    assert written[-1] == torn  # its end arrived: the event, and the next one's start held back
+    assert t.so_far() == ("The end", 2, False)
+    t.cut()  # the backend died: the held start never reached the client
+    assert t.rest() == b""
+    assert sink(delta(".")) and written[-1] == delta(".")
+
+
 def test_so_far_sees_the_end_of_an_answer() -> None:
     t = Transcript()
     t.whole_events(delta("", role="assistant") + delta("Hi", finish="stop") + b"data: [DONE]\n\n")
