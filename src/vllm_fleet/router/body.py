@@ -1,8 +1,7 @@
 """What the router reads of a request body: the model, the prompt's leading text, a session key, a token estimate.
 
-The body is parsed to read these (orjson: a quarter of the json module's time on the same bodies, and
-parsing was the largest part of the router's own work per request) and is forwarded as received, byte for
-byte: nothing here re-encodes it.
+The body is parsed to read these (orjson: a quarter of the json module's time on the bench's bodies) and
+is forwarded as received, byte for byte: nothing here re-encodes it.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 
 # Added latency is sub-millisecond when all is well: buckets from 50 µs up.
 _ADDED_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 1.0)
+_ADDED_LE = (*map(str, _ADDED_BUCKETS), "+Inf")  # the buckets' `le` labels
 
 
 @dataclass(eq=False)  # hashable: the registry keeps it as a collector
@@ -62,7 +63,7 @@ class RouterMetrics:
             "byte to the client's.",
         )
         cumulative, buckets = 0, []
-        for bound, count in zip((*map(str, _ADDED_BUCKETS), "+Inf"), self._added, strict=True):
+        for bound, count in zip(_ADDED_LE, self._added, strict=True):
             cumulative += count
             buckets.append((bound, cumulative))
         added.add_metric([], buckets, self._added_sum)
