@@ -392,9 +392,9 @@ def free_ports(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
-def argv(port: int, *flags: str) -> list[str]:
-    """The command line of a fake engine on ``port``."""
-    return [sys.executable, str(Path(__file__).resolve()), "--port", str(port), *flags]
+def argv(port: int, *flags: str, server: str = __file__) -> list[str]:
+    """The command line of a fake engine (or another test server taking ``--port``) on ``port``."""
+    return [sys.executable, str(Path(server).resolve()), "--port", str(port), *flags]
 
 
 def wait_answering(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 10.0) -> None:
@@ -415,13 +415,14 @@ def wait_answering(url: str, proc: subprocess.Popen | None = None, timeout_s: fl
 
 
 @contextlib.contextmanager
-def running(*flags: str, port: int | None = None, wait: bool = True) -> Iterator[Running]:
-    """A fake engine with ``flags`` in its own process group on ``port`` (default: a free one).
+def running(*flags: str, port: int | None = None, wait: bool = True, server: str = __file__) -> Iterator[Running]:
+    """A fake engine (or the test server ``server``) with ``flags`` in its own process group on ``port``
+    (default: a free one).
 
     With ``wait``, entered once /health answers; on exit the whole group is killed.
     """
     port = port or free_port()
-    proc = subprocess.Popen(argv(port, *flags), stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(argv(port, *flags, server=server), stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         if wait:

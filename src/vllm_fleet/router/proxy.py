@@ -6,6 +6,10 @@ and on 502/503/504/429 answers (a 429 or 503 with Retry-After keeps that backend
 that long). Once the answer's head is sent, a failing backend fails that one request, except a
 streamed (chat) completion, which is continued on another backend (resume.py).
 
+A WebSocket (vLLM's /v1/realtime) is routed and retried the same way up to its handshake's answer; after a
+101 it is a byte tunnel between client and backend (wire/upgrade.py) until either side closes, counted
+in the backend's in-flight requests meanwhile (so a drain waits for it).
+
 Upstream requests go over the project's own HTTP/1.1 client (wire/http1.py: one write per
 request, httptools parsing), not aiohttp's: aiohttp's client was a third of the router's CPU
 per request (benchmarks/bench_router.py). An answer whose whole body comes in its first read
@@ -24,7 +28,7 @@ from vllm_fleet.router.body import RequestFacts
 from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, least_load
 from vllm_fleet.router.resume import Transcript, continuation_body, without_role_event
-from vllm_fleet.wire import http1
+from vllm_fleet.wire import http1, upgrade
 from vllm_fleet.wire.http1_server import Reply, Request
 from vllm_fleet.wire.openai import error_body
 
@@ -88,10 +92,7 @@ class Proxy:
         session = request.headers.get(SESSION_HEADER)
         tried: list[Backend] = []
         while True:
-            left: Sequence[Backend] = [b for b in candidates if b not in tried] if tried else candidates
-            backend = choose(left, facts, session)
-            tried.append(backend)
-            last = len(tried) > self.retries or len(tried) == len(candidates)
+            backend, last = self._next(candidates, tried, choose, facts, session)
             backend.in_flight += 1
             backend.in_flight_tokens += facts.tokens
             client = self.client(backend)
@@ -111,15 +112,9 @@ class Proxy:
                 self._done(backend, facts)
                 raise
             if upstream.status in RETRIED_STATUS and not last:
-                wait = retry_after(upstream.headers.get("retry-after"))
-                why = f"answered {upstream.status}"
                 upstream.release()  # its body unread: the connection closes
                 self._done(backend, facts)
-                if wait is not None:
-                    self.pool.eject(backend, f"{why} with Retry-After {wait:g}", for_s=wait)
-                elif upstream.status != 429:
-                    self.pool.failed(backend, why)
-                self.metrics.retries.labels(str(upstream.status)).inc()
+                self._retrying(backend, upstream.status, upstream.headers)
                 continue
             try:
                 return await self._relay(
@@ -127,6 +122,48 @@ class Proxy:
                 )
             finally:
                 self._done(backend, facts)
+
+    async def tunnel(self, request: Request, facts: RequestFacts, choose: Policy, started: float) -> Reply | None:
+        """Pass a WebSocket handshake to a backend; once it is accepted, bytes both ways until one side closes."""
+        candidates = self.pool.available(facts.model)
+        if not candidates:
+            refused = self._none_available(facts)
+            log_access(request, refused.status, facts.model, "-", 0, started)
+            return refused
+        kind = request.headers["upgrade"]
+        headers = [*forwarded_headers(request.raw_headers), ("Connection", "Upgrade"), ("Upgrade", kind)]
+        session = request.headers.get(SESSION_HEADER)
+        tried: list[Backend] = []
+        while True:
+            backend, last = self._next(candidates, tried, choose, facts, session)
+            try:
+                upstream = await upgrade.upgrade(self.client(backend), request.method, request.path_qs, headers)
+            except UPSTREAM_ERRORS as exc:
+                why = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+                self.pool.failed(backend, why)
+                if last:
+                    return self._failed(request, facts, tried, why, started)
+                self.metrics.retries.labels("connect").inc()
+                continue
+            if upstream.status in RETRIED_STATUS and not last:
+                self._retrying(backend, upstream.status, upstream.headers)
+                continue
+            answer = [*forwarded_headers(upstream.raw_headers), (BACKEND_HEADER, backend.url)]
+            self.metrics.answered(facts.model or "", backend.url, upstream.status)
+            if upstream.status != 101:  # refused (a 403 for a path without a WebSocket, a 401): as it came
+                log_access(request, upstream.status, facts.model, backend.url, len(tried), started)
+                return Reply(upstream.status, answer, upstream.body)
+            self.pool.succeeded(backend)
+            backend.in_flight += 1
+            try:
+                switched = [*answer, ("Connection", "Upgrade"), ("Upgrade", kind)]
+                upstream.join(request.switch(switched, upstream.transport))
+                await upstream.closed  # or the client leaves: this handler is cancelled
+            finally:
+                backend.in_flight -= 1
+                upstream.close()
+                log_access(request, 101, facts.model, backend.url, len(tried), started, "tunnel closed")
+            return None
 
     async def _relay(
         self,
@@ -277,6 +314,29 @@ class Proxy:
                 if upstream is not None:
                     upstream.release()
         return False
+
+    def _next(
+        self,
+        candidates: Sequence[Backend],
+        tried: list[Backend],
+        choose: Policy,
+        facts: RequestFacts,
+        session: str | None,
+    ) -> tuple[Backend, bool]:
+        """The backend for the next attempt (one not tried yet), and whether it is the last attempt."""
+        left = [b for b in candidates if b not in tried] if tried else candidates
+        backend = choose(left, facts, session)
+        tried.append(backend)
+        return backend, len(tried) > self.retries or len(tried) == len(candidates)
+
+    def _retrying(self, backend: Backend, status: int, headers: dict[str, str]) -> None:
+        """A retried answer (502/503/504/429): with Retry-After the backend is out for that long."""
+        wait = retry_after(headers.get("retry-after"))
+        if wait is not None:
+            self.pool.eject(backend, f"answered {status} with Retry-After {wait:g}", for_s=wait)
+        elif status != 429:
+            self.pool.failed(backend, f"answered {status}")
+        self.metrics.retries.labels(str(status)).inc()
 
     def _done(self, backend: Backend, facts: RequestFacts) -> None:
         backend.in_flight -= 1

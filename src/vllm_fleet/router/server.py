@@ -4,7 +4,7 @@ Own paths: ``/health`` (200 while a backend can take requests, else 503), ``/met
 (the router's), ``GET /v1/models`` (merged over the backends), ``/admin/...`` (admin.py), ``GET /`` (the
 chat page, chat.py).
 Every other path goes to a backend: POSTs with a JSON body are routed by their ``model``
-(paths under /v1/ must name one), the rest to any available backend.
+(paths under /v1/ must name one), a WebSocket by its ``?model=``, the rest to any available backend.
 
 The server is the project's own HTTP/1.1 protocol (wire/http1_server.py: the least work per request and
 per streamed event); a client that disconnects cancels its handler and so its upstream request.
@@ -19,6 +19,8 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import replace
+from urllib.parse import parse_qs
 
 import aiohttp
 
@@ -128,7 +130,9 @@ class Router:
         body = request.body
         facts = NO_FACTS
         openai = request.path.startswith("/v1/")
-        if request.method == "POST" and (body or openai) and not _is_multipart(request):
+        if request.upgrade:  # a WebSocket names its model in the query, as OpenAI's Realtime API does
+            facts = replace(NO_FACTS, model=parse_qs(request.query).get("model", [None])[0])
+        elif request.method == "POST" and (body or openai) and not _is_multipart(request):
             try:
                 facts = read_facts(body)
             except BodyError as exc:
@@ -143,6 +147,8 @@ class Router:
                 log_access(request, refused.status, facts.model, "-", 0, started)
                 return refused
             choose = self.registry.policies.get(facts.model or "", choose)
+        if request.upgrade:
+            return await self.proxy.tunnel(request, facts, choose, started)
         return await self.proxy.forward(request, facts, choose, started)
 
 

@@ -18,10 +18,12 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import cast
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 import httptools
+
+P = TypeVar("P", bound=asyncio.Protocol)
 
 
 class ConnectionClosed(ConnectionError):
@@ -288,12 +290,17 @@ class Client:
         """Send (on a new connection when none is idle), then wait for the response's status and headers."""
         response = self.send_now(method, path, body, head)
         if response is None:
-            loop = asyncio.get_running_loop()
-            connecting = loop.create_connection(lambda: _Connection(self), self._host, self._port, ssl=self._ssl)
-            _, connection = await asyncio.wait_for(connecting, self._connect_timeout_s)
+            connection = await self.connect(lambda: _Connection(self))
             self._open.add(connection)
             response = connection.send(self._bytes(method, path, body, head), method == "HEAD")
         return await response.ready()
+
+    async def connect(self, protocol: Callable[[], P]) -> P:
+        """A new connection to the origin (within the connect timeout), run by ``protocol()``."""
+        loop = asyncio.get_running_loop()
+        connecting = loop.create_connection(protocol, self._host, self._port, ssl=self._ssl)
+        _, connected = await asyncio.wait_for(connecting, self._connect_timeout_s)
+        return connected
 
     def _bytes(self, method: str, path: str, body: bytes, head: bytes | None) -> bytes:
         return (head or self.head(method, path, body)) + body

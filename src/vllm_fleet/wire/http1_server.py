@@ -10,7 +10,9 @@ What it does, as a router needs it: keep-alive and HTTP/1.0; request bodies of a
 (beyond it the request is handed over marked ``oversize`` at once and the connection closes after the
 answer); ``Expect: 100-continue``; pipelined requests answered in order; write flow control; a client
 that disconnects cancels its request's handler (``asyncio.CancelledError`` in it); idle keep-alive
-connections closed after ``keepalive_s``; a graceful :meth:`Server.close`.
+connections closed after ``keepalive_s``; a graceful :meth:`Server.close`; a WebSocket upgrade handed to the
+handler (:attr:`Request.upgrade`), which may answer it or :meth:`Request.switch` the connection into a byte
+tunnel to another one.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class Request:
         "raw_headers",
         "remote",
         "started",
+        "upgrade",
         "version",
     )
 
@@ -82,6 +85,7 @@ class Request:
         self.remote = connection.remote
         self.oversize = False  # the body passed the server's limit: answer (413), the connection closes after
         self.started = False  # the answer's head went out
+        self.upgrade = False  # a WebSocket handshake: answered as any request, or switched (:meth:`switch`)
         self.finished = False
         self._connection = connection
         self._parts: list[bytes] = []
@@ -138,6 +142,21 @@ class Request:
             if self._chunked:
                 self._connection.write(b"0\r\n\r\n")
 
+    def switch(self, headers: Headers, to: asyncio.Transport) -> asyncio.Transport:
+        """Accept the upgrade (a 101 with ``headers``) and from now on pass the client's bytes to ``to`` unread,
+        reading no more of them while ``to`` cannot take them; returns the client's transport, for the other
+        way. The handler waits for the tunnel's end; the connection closes when it returns."""
+        connection = self._connection
+        connection.write(_head(101, headers, "", connection))
+        connection.keep_alive = False  # nothing of HTTP follows
+        connection.tunnel = to
+        if connection.early:  # what the client sent right after its handshake
+            to.write(connection.early)
+            connection.early = b""
+        connection.transport.resume_reading()  # paused since the handshake
+        self.started = self.finished = True
+        return connection.transport
+
     def reply(self, answer: Reply) -> None:
         status = answer.status
         body = b"" if self.method == "HEAD" or _bodiless(status) else answer.body
@@ -171,7 +190,7 @@ def _bodiless(status: int) -> bool:
 
 def _head(status: int, headers: Headers, framing: str, connection: _Connection) -> bytes:
     lines = "".join(f"{k}: {v}\r\n" for k, v in headers)
-    close = "" if connection.keep_alive else "Connection: close\r\n"
+    close = "" if connection.keep_alive or status == 101 else "Connection: close\r\n"  # a 101 says Upgrade
     reason = _REASONS.get(status, "")
     return f"HTTP/1.1 {status} {reason}\r\n{lines}{framing}{close}Date: {_date()}\r\n\r\n".encode("latin-1")
 
@@ -205,7 +224,9 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._ignore_input = False  # an oversize body: the rest of the bytes are dropped, the connection closes
-        self._websocket = False
+        self._websocket = False  # the request being parsed is a WebSocket handshake
+        self.tunnel: asyncio.Transport | None = None  # after Request.switch: where the client's bytes go
+        self.early = b""  # bytes after a WebSocket handshake, held until the switch
         self.busy = False
         self.last_active = 0.0
 
@@ -219,16 +240,20 @@ class _Connection(asyncio.Protocol):
         self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
         if self._ignore_input:
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self._websocket:
-                self._refuse(501, "WebSocket is not supported here")
-            else:  # another upgrade (h2c): ignored (RFC 9110 §7.8), answered in HTTP/1.1; the parser is done
-                self._ignore_input = True
-                self.keep_alive = False
+        except httptools.HttpParserUpgrade as exc:
+            self._ignore_input = True  # the parser is done: no HTTP request follows on this connection
+            self.keep_alive = False
+            if self._websocket:  # handed to the handler; nothing more is read until it switches
+                self.early = data[exc.args[0] :]
+                self.transport.pause_reading()
+            # else another upgrade (h2c): ignored (RFC 9110 §7.8), answered in HTTP/1.1
         except httptools.HttpParserError as exc:
             self._refuse(400, f"not an HTTP/1.1 request: {exc}")
 
@@ -241,9 +266,13 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        if self.tunnel is not None:  # the client reads slower than the other end sends: that end waits
+            self.tunnel.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -292,8 +321,7 @@ class _Connection(asyncio.Protocol):
             return
         self._parsing = None
         if self._parser.should_upgrade() and request.headers.get("upgrade", "").lower() == "websocket":
-            self._websocket = True  # not proxied: refused once the parser stops at the upgrade
-            return
+            self._websocket = request.upgrade = True  # the parser stops at the upgrade (data_received)
         parts = request._parts
         request.body = parts[0] if len(parts) == 1 else b"".join(parts)
         request._parts = []

@@ -455,7 +455,7 @@ def test_malformed_bytes_get_a_400_and_a_close(sent: bytes) -> None:
     assert called == []
 
 
-def test_a_websocket_upgrade_gets_a_501_without_reaching_the_handler() -> None:
+def test_a_websocket_handshake_reaches_the_handler_marked_and_a_plain_answer_to_it_closes_the_connection() -> None:
     called, handler = recording()
 
     async def body() -> None:
@@ -465,9 +465,9 @@ def test_a_websocket_upgrade_gets_a_501_without_reaching_the_handler() -> None:
                 b"GET /ws HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
                 b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
             )
-            raw = masked(await client.rest())
-            assert raw.startswith(b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\n"), raw
-            assert called == []
+            raw = masked(await client.rest())  # read to the end: the connection closed after the answer
+            assert raw == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\nDate: <date>\r\n\r\n", raw
+            assert [(r.path, r.upgrade) for r in called] == [("/ws", True)]
 
     run(body)
 
