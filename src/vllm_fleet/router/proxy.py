@@ -102,11 +102,8 @@ class Proxy:
                 upstream = await client.request(request.method, request.path_qs, body, head)
             except UPSTREAM_ERRORS as exc:
                 self._done(backend, facts)
-                why = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
-                self.pool.failed(backend, why)
-                if last:
-                    return self._failed(request, facts, tried, why, started)
-                self.metrics.retries.labels("connect").inc()
+                if (failed := self._unreached(request, facts, tried, exc, last, started)) is not None:
+                    return failed
                 continue
             except BaseException:  # the client left while we waited for the head (handler cancelled): uncount it
                 self._done(backend, facts)
@@ -139,11 +136,8 @@ class Proxy:
             try:
                 upstream = await upgrade.upgrade(self.client(backend), request.method, request.path_qs, headers)
             except UPSTREAM_ERRORS as exc:
-                why = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
-                self.pool.failed(backend, why)
-                if last:
-                    return self._failed(request, facts, tried, why, started)
-                self.metrics.retries.labels("connect").inc()
+                if (failed := self._unreached(request, facts, tried, exc, last, started)) is not None:
+                    return failed
                 continue
             if upstream.status in RETRIED_STATUS and not last:
                 self._retrying(backend, upstream.status, upstream.headers)
@@ -328,6 +322,18 @@ class Proxy:
         backend = choose(left, facts, session)
         tried.append(backend)
         return backend, len(tried) > self.retries or len(tried) == len(candidates)
+
+    def _unreached(
+        self, request: Request, facts: RequestFacts, tried: list[Backend], exc: Exception, last: bool, started: float
+    ) -> Reply | None:
+        """The last backend tried did not answer (refused, reset, not HTTP): the 502 when it was the last
+        attempt, else None (a retry follows)."""
+        why = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+        self.pool.failed(tried[-1], why)
+        if last:
+            return self._failed(request, facts, tried, why, started)
+        self.metrics.retries.labels("connect").inc()
+        return None
 
     def _retrying(self, backend: Backend, status: int, headers: dict[str, str]) -> None:
         """A retried answer (502/503/504/429): with Retry-After the backend is out for that long."""
