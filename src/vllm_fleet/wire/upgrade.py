@@ -31,6 +31,7 @@ class Upgrade(asyncio.Protocol):
         self.raw_headers: list[tuple[str, str]] = []  # as the origin sent them
         self.body = b""  # a refusal's body
         self._parts: list[bytes] = []
+        self._size = 0  # of the refusal's body held in _parts
         self._answered: asyncio.Future[None]
         self.closed: asyncio.Future[None]  # done when the connection is gone
         self._client: asyncio.Transport | None = None  # after join: where the origin's bytes go
@@ -48,6 +49,7 @@ class Upgrade(asyncio.Protocol):
         if self._early:
             client.write(self._early)
             self._early = b""
+        self.transport.resume_reading()
 
     def close(self) -> None:
         self.transport.close()
@@ -63,14 +65,16 @@ class Upgrade(asyncio.Protocol):
         if self._client is not None:
             self._client.write(data)
             return
-        if self._answered.done():  # switched, not yet joined (or a refusal's excess): held, bounded
-            if self.status == 101:
+        if self._answered.done():  # switched, not yet joined (or a refusal's excess)
+            if self.status == 101:  # held until join; no more is read till then, so this stays one read
                 self._early += data
+                self.transport.pause_reading()
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._early = data[exc.args[0] :]
+            self.transport.pause_reading()  # until join
             self._answer()
         except httptools.HttpParserError as exc:
             self._answer(MalformedResponse(f"not an HTTP/1.1 answer to an upgrade: {exc}"))
@@ -106,8 +110,9 @@ class Upgrade(asyncio.Protocol):
         self.status = status
 
     def on_body(self, body: bytes) -> None:
-        if sum(map(len, self._parts)) < MAX_REFUSAL_BYTES:
+        if self._size < MAX_REFUSAL_BYTES:
             self._parts.append(body)
+            self._size += len(body)
 
     def on_message_complete(self) -> None:
         if self.status and self.status != 101:  # a refusal, whole (a 101 is answered at the upgrade)
