@@ -6,6 +6,10 @@ The per-key limits are counted in each replica's memory: with ``peers`` replicas
 Service (which spreads the requests evenly), each allows 1/peers of a key's limits, so the
 key gets about its limit in all.
 An API key's limits are cached for ``KEY_CACHE_S``; the cache holds hashes, never a secret.
+
+A key comes as ``Authorization: Bearer <key>``, or, on a WebSocket handshake, as the subprotocol
+``openai-insecure-api-key.<key>``: a browser cannot set headers on a WebSocket, and this is the form
+OpenAI's Realtime API takes from one. The offer goes on to the backend unchanged, as Authorization does.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from vllm_fleet.wire.http1_server import Reply, Request
 log = logging.getLogger("vllm_fleet.router")
 KEY_CACHE_S = 30.0  # a deleted key stops working within this long on every router replica
 MAX_CACHED_KEYS = 10_000  # bounded: a flood of wrong keys cannot grow it
+BROWSER_KEY = "openai-insecure-api-key."  # a Sec-WebSocket-Protocol item: the key follows
 
 
 class RegistryLink:
@@ -83,11 +88,11 @@ class RegistryLink:
         """None when the request may go on; else its 401 or 429 answer."""
         if not self.keys_required:
             return None
-        scheme, _, secret = request.headers.get("authorization", "").strip().partition(" ")
-        secret = secret.strip() if scheme.lower() == "bearer" else ""  # RFC 9110: the scheme is case-insensitive
+        secret = _bearer(request) or (_offered_key(request) if request.upgrade else "")
         limits = await self._limits(secret) if secret else None
         if limits is None:
-            return json_error("a valid API key is required: `Authorization: Bearer <key>`", 401, "Unauthorized")
+            how = f" or, from a browser's WebSocket, the subprotocol `{BROWSER_KEY}<key>`" if request.upgrade else ""
+            return json_error(f"a valid API key is required: `Authorization: Bearer <key>`{how}", 401, "Unauthorized")
         wait = self._limiter.check(limits.name, limits, facts.tokens, time.monotonic())
         if wait is None:
             return None
@@ -112,6 +117,18 @@ class RegistryLink:
             self._keys.clear()
         self._keys[digest] = (now + KEY_CACHE_S, limits)
         return limits
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, secret = request.headers.get("authorization", "").strip().partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""  # RFC 9110: the scheme is case-insensitive
+
+
+def _offered_key(request: Request) -> str:
+    for item in request.headers.get("sec-websocket-protocol", "").split(","):
+        if (item := item.strip()).startswith(BROWSER_KEY):
+            return item[len(BROWSER_KEY) :]
+    return ""
 
 
 def _share(limit: int | None, peers: int) -> int | None:

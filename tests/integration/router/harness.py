@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from vllm_fleet.registry import open_registry
 from vllm_fleet.router.backends import PoolSettings
 from vllm_fleet.router.config import RouterConfig
 from vllm_fleet.router.server import Router
@@ -31,6 +32,16 @@ async def routing(*backends: str, pool: PoolSettings = QUIET, **config: Any) -> 
         yield router
     finally:
         await router.stop()
+
+
+def make_key(url: str, name: str, **limits: int) -> str:
+    """A new API key in the registry at ``url``; its secret."""
+
+    async def create() -> str:
+        async with await open_registry(url) as registry:
+            return await registry.create_key(name, **limits)
+
+    return asyncio.run(create())
 
 
 @contextlib.asynccontextmanager

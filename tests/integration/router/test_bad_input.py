@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.router.harness import chat, client, error_of, post, routing
+from tests.integration.router.harness import chat, client, error_of, make_key, post, routing
 from tests.servers.fake_engine import running
 from tests.servers.faults import Answer, FaultServer
-from vllm_fleet.registry import open_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 PATH = "/v1/chat/completions"
@@ -71,16 +70,6 @@ def test_no_healthy_backend_is_a_503_with_retry_after() -> None:
                 assert (await post(http, f"{router.url}{PATH}", chat()))[0] == 200
 
         asyncio.run(body())
-
-
-def make_key(url: str, name: str, **limits: int) -> str:
-    """A new API key in the registry at ``url``; its secret."""
-
-    async def create() -> str:
-        async with await open_registry(url) as registry:
-            return await registry.create_key(name, **limits)
-
-    return asyncio.run(create())
 
 
 def test_api_keys_from_the_registry_401_when_wrong_and_429_over_the_limit(tmp_path: Path) -> None:

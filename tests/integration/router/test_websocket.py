@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.integration.router.harness import client, error_of, routing, until
+from tests.integration.router.harness import client, error_of, make_key, routing, until
 from tests.servers.fake_engine import running
 from tests.servers.faults import Answer, FaultServer
 
@@ -119,6 +120,34 @@ def test_a_refused_handshake_comes_back_as_the_backend_sent_it_and_a_503_is_retr
             assert len(busy.requests("/v1/realtime")) == 1
 
         asyncio.run(body())
+
+
+def test_an_api_key_comes_as_a_header_or_from_a_browser_as_a_subprotocol(tmp_path: Path) -> None:
+    registry = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    secret = make_key(registry, "browser")
+    with running("--models", "m", server=ORIGIN) as origin:
+
+        async def body() -> None:
+            async with routing(origin.url, registry=registry) as router, client() as http:
+                url = f"{router.url}/v1/realtime?model=m"
+                for protocols in ((), ("realtime", "openai-insecure-api-key.wrong")):
+                    async with http.get(url, headers=_UPGRADE | _offer(protocols)) as refused:
+                        assert refused.status == 401, protocols
+                        assert "openai-insecure-api-key.<key>" in error_of(await refused.json())["message"]
+                async with http.ws_connect(url, headers={"Authorization": f"Bearer {secret}"}) as ws:
+                    assert (await ws.receive_json())["type"] == "session.created"
+                # OpenAI's browser form; the backend picks its subprotocol from the offer as it came
+                async with http.ws_connect(url, protocols=("realtime", f"openai-insecure-api-key.{secret}")) as ws:
+                    assert ws.protocol == "realtime"
+                    await ws.send_str("hello")
+                    assert (await ws.receive_json())["type"] == "session.created"
+                    assert await ws.receive_str() == "hello"
+
+        asyncio.run(body())
+
+
+def _offer(protocols: tuple[str, ...]) -> dict[str, str]:
+    return {"Sec-WebSocket-Protocol": ", ".join(protocols)} if protocols else {}
 
 
 _UPGRADE = {
