@@ -22,9 +22,6 @@ def router(
     discover_k8s: str | None = typer.Option(
         None, "--discover-k8s", help="NAMESPACE/SERVICE:PORT: route to that Service's ready endpoints (in a pod)."
     ),
-    peers: int = typer.Option(
-        1, min=1, help="Router replicas behind one Service: each allows 1/PEERS of a key's limits."
-    ),
     admin_token: str | None = typer.Option(
         None, envvar="VLLM_FLEET_ROUTER_ADMIN_TOKEN", help="Require this bearer token on /admin/*."
     ),
@@ -58,7 +55,6 @@ def router(
             retries=retries,
             registry=registry,
             discover=discover_k8s,
-            peers=peers,
             admin_token=admin_token,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
             shutdown_timeout_s=shutdown_timeout,

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from vllm_fleet.errors import SpecError
 from vllm_fleet.registry.base import Registry
-from vllm_fleet.registry.records import Deployment, KeyLimits, Route
+from vllm_fleet.registry.records import Deployment, KeyLimits, Route, Spend
 
 __all__ = [
     "REGISTRY_ENV",
@@ -25,6 +25,7 @@ __all__ = [
     "KeyLimits",
     "Registry",
     "Route",
+    "Spend",
     "default_cache_root",
     "default_registry_url",
     "open_registry",

@@ -12,6 +12,7 @@ import re
 import secrets
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from functools import lru_cache
 from types import TracebackType
@@ -19,10 +20,11 @@ from typing import Any, ClassVar, Protocol, Self
 
 from vllm_fleet.errors import RegistryError, SpecError
 from vllm_fleet.registry.migrations import LATEST, MIGRATIONS, SCHEMA_VERSION_TABLE
-from vllm_fleet.registry.records import Deployment, KeyLimits, Route, merge_routes
+from vllm_fleet.registry.records import Deployment, KeyLimits, Route, Spend, merge_routes
 
 SECRET_PREFIX = "vf-"
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+SPEND_STALE_S = 600.0  # a replica whose spend was not updated for this long is gone: its rows are dropped
 
 
 class Session(Protocol):
@@ -232,3 +234,31 @@ class Registry(ABC):
         async with self._session(write=False) as session:
             rows = await session.fetch("SELECT name, requests_per_min, tokens_per_min FROM api_keys ORDER BY name")
         return [KeyLimits(*row) for row in rows]
+
+    # --- spend shared by router replicas -----------------------------------------------------
+
+    async def share_spend(
+        self, replica: str, spent: Mapping[str, tuple[float, float]], stale_after_s: float = SPEND_STALE_S
+    ) -> list[Spend]:
+        """Record ``replica``'s spend so far per key name, ``(requests, tokens)`` since it started; drop the
+        rows of replicas silent for ``stale_after_s``; return every other replica's spend so far."""
+        now = time.time()
+        async with self._session(write=True) as session:
+            for key_name, (requests, tokens) in spent.items():
+                await session.execute(
+                    "INSERT INTO key_spend (replica, key_name, requests, tokens, updated_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (replica, key_name) DO UPDATE SET requests = excluded.requests,"
+                    " tokens = excluded.tokens, updated_at = excluded.updated_at",
+                    replica,
+                    key_name,
+                    float(requests),
+                    float(tokens),
+                    now,
+                )
+            await session.execute("DELETE FROM key_spend WHERE updated_at < ?", now - stale_after_s)
+            rows = await session.fetch(
+                "SELECT replica, key_name, requests, tokens FROM key_spend WHERE replica <> ?"
+                " ORDER BY replica, key_name",
+                replica,
+            )
+        return [Spend(*row) for row in rows]

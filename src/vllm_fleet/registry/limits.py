@@ -6,10 +6,12 @@ tokens up front; ``charge`` settles the difference once the response says what i
 request larger than the whole per-minute allowance is let through when the bucket is full and
 leaves it in debt, rather than being refused forever.
 
-Each router replica limits on its own, keeping the request path free of shared state: with N
-replicas behind one Service, each is given 1/N of a key's limits (``vllm-fleet router --peers N``,
-set by render from ``router.replicas``), so the key gets about its limit in all while the Service
-spreads the requests evenly.
+Several router replicas keep the request path free of shared state: each counts in its own buckets,
+keeps a total of what it charged each key (``spent``, what changed since the last report in
+``report``), and takes what the other replicas charged from its own buckets (``debit``) when they
+share their totals through the registry (``router/access.py``, every second). A key's use on any
+replica so counts on every one within that second, however the requests are spread: by a Service
+that balances connections, not requests, a client on one keep-alive connection meets one replica.
 
 Pure: the caller passes ``now`` (``time.monotonic()``), so tests drive a fake clock.
 """
@@ -17,6 +19,7 @@ Pure: the caller passes ``now`` (``time.monotonic()``), so tests drive a fake cl
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vllm_fleet.registry.records import KeyLimits
@@ -54,6 +57,8 @@ class Limiter:
         self.max_keys = max_keys
         self._keys: OrderedDict[str, _Buckets] = OrderedDict()
         self._swept = float("-inf")
+        self.spent: dict[str, tuple[float, float]] = {}  # key name: (requests, tokens) charged here in all
+        self._changed: set[str] = set()  # keys whose spend changed since the last report
 
     def __len__(self) -> int:
         """How many keys are remembered (those with a bucket not yet refilled)."""
@@ -79,7 +84,36 @@ class Limiter:
         if limits.tokens_per_min is not None:
             buckets.tokens -= tokens
         self._settle(buckets, limits)
+        self._spend(key_name, 1, tokens)
         return None
+
+    def debit(self, key_name: str, limits: KeyLimits, requests: float, tokens: float, now: float) -> None:
+        """What another replica charged ``key_name`` since the last debit, taken from this replica's buckets too
+        (they may go into debt: this replica's next requests for the key then wait for the refill)."""
+        if limits.requests_per_min is None and limits.tokens_per_min is None:
+            return
+        buckets = self._refresh(key_name, limits, now)
+        if limits.requests_per_min is not None:
+            buckets.requests = min(float(limits.requests_per_min), buckets.requests - requests)
+        if limits.tokens_per_min is not None:
+            buckets.tokens = min(float(limits.tokens_per_min), buckets.tokens - tokens)
+        self._settle(buckets, limits)
+
+    def report(self, everything: bool = False) -> dict[str, tuple[float, float]]:
+        """The totals of the keys whose spend changed since the last report (``everything``: of all keys)."""
+        names = self.spent if everything else self._changed
+        out = {name: self.spent[name] for name in names}
+        self._changed = set()
+        return out
+
+    def unreported(self, names: Iterable[str]) -> None:
+        """A report did not reach the others: send these again with the next one."""
+        self._changed.update(names)
+
+    def _spend(self, key_name: str, requests: float, tokens: float) -> None:
+        before = self.spent.get(key_name, (0.0, 0.0))
+        self.spent[key_name] = (before[0] + requests, before[1] + tokens)
+        self._changed.add(key_name)
 
     def charge(self, key_name: str, limits: KeyLimits, tokens: int, now: float) -> None:
         """Settle a request's tokens after the fact: ``tokens`` more used than estimated (negative: fewer)."""
@@ -88,6 +122,7 @@ class Limiter:
         buckets = self._refresh(key_name, limits, now)
         buckets.tokens = min(float(limits.tokens_per_min), buckets.tokens - tokens)
         self._settle(buckets, limits)
+        self._spend(key_name, 0, tokens)
 
     def _refresh(self, key_name: str, limits: KeyLimits, now: float) -> _Buckets:
         buckets = self._keys.get(key_name)

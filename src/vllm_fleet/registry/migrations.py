@@ -65,6 +65,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             " created_at DOUBLE PRECISION NOT NULL)",
         ),
     ),
+    Migration(
+        3,
+        "each router replica's spend per API key (limits shared by the replicas)",
+        (
+            # Totals since the replica started; a row not updated for a while is a replica gone.
+            "CREATE TABLE key_spend ("
+            " replica TEXT NOT NULL,"
+            " key_name TEXT NOT NULL,"
+            " requests DOUBLE PRECISION NOT NULL,"
+            " tokens DOUBLE PRECISION NOT NULL,"
+            " updated_at DOUBLE PRECISION NOT NULL,"
+            " PRIMARY KEY (replica, key_name))",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -2,9 +2,11 @@
 
 Several router replicas may share one registry (PostgreSQL): each re-reads it every
 ``refresh_s``, so a deployment registered by `up` becomes routable everywhere within that.
-The per-key limits are counted in each replica's memory: with ``peers`` replicas behind one
-Service (which spreads the requests evenly), each allows 1/peers of a key's limits, so the
-key gets about its limit in all.
+The per-key limits are counted in each replica's memory, and every ``share_s`` the replicas
+share what they charged each key through the registry (``Registry.share_spend``): each takes the
+others' use from its own buckets, so a key's limits hold across the replicas however a Service
+spreads its requests. Between two shares a key can pass its limit by what the other replicas
+admitted meanwhile (a burst sent to N replicas in the same second: up to N times the burst).
 An API key's limits are cached for ``KEY_CACHE_S``; the cache holds hashes, never a secret.
 
 A key comes as ``Authorization: Bearer <key>``, or, on a WebSocket handshake, as the subprotocol
@@ -17,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from vllm_fleet.router.backends import Pool
@@ -31,6 +32,7 @@ from vllm_fleet.wire.http1_server import Reply, Request
 
 log = logging.getLogger("vllm_fleet.router")
 KEY_CACHE_S = 30.0  # a deleted key stops working within this long on every router replica
+FULL_REPORT_S = 240.0  # every key's total is reported this often (else the changed ones only): rows stay fresh
 MAX_CACHED_KEYS = 10_000  # bounded: a flood of wrong keys cannot grow it
 BROWSER_KEY = "openai-insecure-api-key."  # a Sec-WebSocket-Protocol item: the key follows
 
@@ -39,19 +41,23 @@ class RegistryLink:
     """The router's view of a registry: routes into the pool, policies per model, keys and limits."""
 
     def __init__(
-        self, url: str, pool: Pool, static_backends: Sequence[str], refresh_s: float = 5.0, peers: int = 1
+        self, url: str, pool: Pool, static_backends: Sequence[str], refresh_s: float = 5.0, share_s: float = 1.0
     ) -> None:
         self.url = url
-        self.peers = peers
         self.pool = pool
         self.static_backends = tuple(static_backends)
         self.refresh_s = refresh_s
+        self.share_s = share_s
+        self.replica = uuid.uuid4().hex[:16]  # this router process, in the registry's spend table
         self.policies: dict[str, Policy] = {}
         self.keys_required = False
         self._registry: Any = None
         self._limiter: Any = None
         self._keys: dict[str, tuple[float, Any]] = {}
-        self._task: asyncio.Task | None = None
+        self._named: dict[str, Any] = {}  # key name: its limits, for debiting the others' use
+        self._seen: dict[tuple[str, str], tuple[float, float]] | None = None  # the others' totals at the last share
+        self._reported_all = 0.0
+        self._tasks: list[asyncio.Task] = []
 
     async def open(self) -> None:
         from vllm_fleet.registry import open_registry
@@ -60,11 +66,15 @@ class RegistryLink:
         self._registry = await open_registry(self.url)
         self._limiter = Limiter()
         await self.load()
-        self._task = asyncio.get_running_loop().create_task(self._refresh())
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._every(self.refresh_s, self.load, "registry refresh")),
+            loop.create_task(self._every(self.share_s, self.share, "sharing the keys' spend")),
+        ]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
         if self._registry is not None:
             await self._registry.close()
 
@@ -73,16 +83,44 @@ class RegistryLink:
         routes = await self._registry.routes()
         self.policies = {r.model: policy(r.policy) for r in routes}
         self.pool.set_backends([*self.static_backends, *(e for r in routes for e in r.endpoints)])
-        self.keys_required = bool(await self._registry.keys())
+        keys = await self._registry.keys()
+        self.keys_required = bool(keys)
+        self._named = {k.name: k for k in keys}
         return sorted(self.policies)
 
-    async def _refresh(self) -> None:
+    async def share(self) -> None:
+        """Report what this replica charged each key; take what the others charged since the last share."""
+        if not self.keys_required:
+            return
+        now = time.monotonic()
+        everything = now - self._reported_all >= FULL_REPORT_S  # so a live replica's rows never look stale
+        report = self._limiter.report(everything)
+        try:
+            others = await self._registry.share_spend(self.replica, report)
+        except BaseException:
+            self._limiter.unreported(report)
+            raise
+        if everything:
+            self._reported_all = now
+        seen, first = self._seen or {}, self._seen is None
+        self._seen = {}
+        for spend in others:
+            pair = (spend.replica, spend.key_name)
+            self._seen[pair] = (spend.requests, spend.tokens)
+            limits = self._named.get(spend.key_name)
+            if first or limits is None:  # what was spent before this replica started is in the past
+                continue
+            requests, tokens = seen.get(pair, (0.0, 0.0))  # a pair not seen before: all of it is new
+            self._limiter.debit(spend.key_name, limits, spend.requests - requests, spend.tokens - tokens, now)
+
+    @staticmethod
+    async def _every(seconds: float, work: Callable[[], Awaitable[object]], what: str) -> None:
         while True:
-            await asyncio.sleep(self.refresh_s)
+            await asyncio.sleep(seconds)
             try:
-                await self.load()
+                await work()
             except Exception as exc:  # a registry briefly away must not stop the router: keep the last view
-                log.warning("registry refresh failed: %s", exc)
+                log.warning("%s failed: %s", what, exc)
 
     async def admit(self, request: Request, facts: RequestFacts) -> Reply | None:
         """None when the request may go on; else its 401 or 429 answer."""
@@ -110,9 +148,6 @@ class RegistryLink:
         if cached is not None and cached[0] > now:
             return cached[1]
         limits = await self._registry.check_key(secret)
-        if limits is not None and self.peers > 1:
-            rpm, tpm = _share(limits.requests_per_min, self.peers), _share(limits.tokens_per_min, self.peers)
-            limits = replace(limits, requests_per_min=rpm, tokens_per_min=tpm)
         if len(self._keys) >= MAX_CACHED_KEYS:
             self._keys.clear()
         self._keys[digest] = (now + KEY_CACHE_S, limits)
@@ -129,8 +164,3 @@ def _offered_key(request: Request) -> str:
         if (item := item.strip()).startswith(BROWSER_KEY):
             return item[len(BROWSER_KEY) :]
     return ""
-
-
-def _share(limit: int | None, peers: int) -> int | None:
-    """One replica's share of a per-minute limit (at least 1: a limit never becomes a ban)."""
-    return None if limit is None else max(1, math.ceil(limit / peers))

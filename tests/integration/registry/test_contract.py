@@ -9,7 +9,7 @@ from typing import TypeVar
 import pytest
 
 from vllm_fleet.errors import RegistryError, SpecError
-from vllm_fleet.registry import Deployment, KeyLimits, Registry, Route, open_registry
+from vllm_fleet.registry import Deployment, KeyLimits, Registry, Route, Spend, open_registry
 from vllm_fleet.registry.migrations import LATEST
 
 pytestmark = pytest.mark.integration
@@ -137,6 +137,23 @@ def test_concurrent_registrations_from_one_registry(registry_url: str) -> None:
     routes = using(registry_url, body)
     assert [r.model for r in routes] == ["m0", "m1", "m2"]
     assert sum(len(r.endpoints) for r in routes) == 12
+
+
+def test_router_replicas_share_their_spend_and_a_silent_replicas_rows_go(registry_url: str) -> None:
+    async def body(registry: Registry) -> tuple[list[Spend], list[Spend], list[Spend], list[Spend]]:
+        assert await registry.share_spend("a", {"team": (3, 300.0), "solo": (1, 0)}) == []
+        seen_by_b = await registry.share_spend("b", {"team": (2, 20.0)})
+        await registry.share_spend("a", {"team": (5, 310.5)})  # totals: the newer one replaces the older
+        seen_by_c = await registry.share_spend("c", {})
+        await asyncio.sleep(0.05)
+        seen_by_a = await registry.share_spend("a", {}, stale_after_s=0.02)  # b and c said nothing since
+        return seen_by_b, seen_by_c, seen_by_a, await registry.share_spend("d", {})
+
+    seen_by_b, seen_by_c, seen_by_a, seen_by_d = using(registry_url, body)
+    assert seen_by_b == [Spend("a", "solo", 1.0, 0.0), Spend("a", "team", 3.0, 300.0)]
+    assert seen_by_c == [Spend("a", "solo", 1.0, 0.0), Spend("a", "team", 5.0, 310.5), Spend("b", "team", 2.0, 20.0)]
+    assert seen_by_a == []  # b's row was stale; a's own rows are never its own "others"
+    assert seen_by_d == []  # and a's rows, not updated in that share, were stale too
 
 
 def test_postgres_scheme_alias_and_two_replicas_sharing_one_registry(postgres_url: str) -> None:

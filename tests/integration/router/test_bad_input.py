@@ -12,6 +12,7 @@ import pytest
 from tests.integration.router.harness import chat, client, error_of, make_key, post, routing
 from tests.servers.fake_engine import running
 from tests.servers.faults import Answer, FaultServer
+from vllm_fleet.router.server import Router
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 PATH = "/v1/chat/completions"
@@ -95,15 +96,29 @@ def test_api_keys_from_the_registry_401_when_wrong_and_429_over_the_limit(tmp_pa
     assert all(json.loads(r.body)["model"] == "m" for r in backend.requests(PATH))
 
 
-def test_with_peers_each_router_replica_allows_its_share_of_a_key_limit(tmp_path: Path) -> None:
+def test_router_replicas_on_one_registry_hold_a_keys_limit_together(tmp_path: Path) -> None:
+    """Two routers on one registry, a client on each: a key's use on one counts on the other (not 1/N each,
+    which a Service balancing connections, not requests, would break)."""
     url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
     secret = make_key(url, "team-b", requests_per_min=5)
     with FaultServer(models=("m",)) as backend:
 
         async def body() -> None:
-            async with routing(backend.url, registry=url, peers=2) as router, client() as http:
+            async with (
+                routing(backend.url, registry=url, key_share_s=0.05) as one,
+                routing(backend.url, registry=url, key_share_s=0.05) as two,
+                client() as http,
+            ):
                 good = {"content-type": "application/json", "authorization": f"Bearer {secret}"}
-                statuses = [(await post(http, f"{router.url}{PATH}", chat(), headers=good))[0] for _ in range(4)]
-                assert statuses == [200, 200, 200, 429]  # 5 a minute over 2 replicas: 3 (rounded up) here
+
+                async def statuses(router: Router, n: int) -> list[int]:
+                    return [(await post(http, f"{router.url}{PATH}", chat(), headers=good))[0] for _ in range(n)]
+
+                assert await statuses(one, 3) == [200, 200, 200]
+                await asyncio.sleep(0.5)  # several shares: two has taken one's 3
+                assert await statuses(two, 3) == [200, 200, 429]
+                await asyncio.sleep(0.5)
+                assert await statuses(one, 1) == [429]  # and one, two's 2
+            assert len(backend.requests(PATH)) == 5
 
         asyncio.run(body())

@@ -101,3 +101,33 @@ def test_memory_is_bounded_by_max_keys() -> None:
     for i in range(1000):
         limiter.check(f"k{i}", RPM, 0, now=float(i) / 1000)
     assert len(limiter) == 10
+
+
+def test_another_replicas_use_is_debited_here_and_a_debt_waits_for_the_refill() -> None:
+    limiter = Limiter()
+    assert limiter.check("k", RPM, 0, now=0.0) is None
+    limiter.debit("k", RPM, 4, 0, now=0.0)  # another replica let 4 through: 1 + 4 of 3 a minute
+    wait = limiter.check("k", RPM, 0, now=0.0)
+    assert wait == pytest.approx(60.0)  # from -2 to 1 at 3 a minute
+    assert limiter.check("k", RPM, 0, now=60.0) is None
+    limiter.debit("k", TPM, 0, -(10**6), now=0.0)  # a credit never fills a bucket past its limit
+    limiter.debit("k", KeyLimits("k"), 10**6, 10**6, now=0.0)  # an unlimited key: nothing to take from
+    assert limiter.check("k", RPM, 0, now=60.0) is not None
+
+
+def test_spend_is_reported_once_until_it_changes_and_again_if_a_report_was_lost() -> None:
+    limiter = Limiter()
+    limiter.check("a", TPM, 100, now=0.0)
+    limiter.check("a", TPM, 50, now=0.0)
+    limiter.charge("a", TPM, -30, now=0.0)  # the answer used fewer tokens than estimated
+    limiter.check("b", RPM, 7, now=0.0)
+    assert limiter.check("b", RPM, 0, now=0.0) is None
+    assert limiter.report() == {"a": (2.0, 120.0), "b": (2.0, 7.0)}
+    assert limiter.report() == {}
+    limiter.check("b", RPM, 0, now=0.0)
+    report = limiter.report()
+    assert report == {"b": (3.0, 7.0)}
+    limiter.unreported(report)
+    assert limiter.report() == {"b": (3.0, 7.0)}
+    assert limiter.report(everything=True) == {"a": (2.0, 120.0), "b": (3.0, 7.0)}
+    assert limiter.check("x", KeyLimits("x"), 5, now=0.0) is None and "x" not in limiter.report(everything=True)

@@ -79,7 +79,6 @@ def test_the_router_pod_runs_the_router_on_the_engine_service() -> None:
     assert command[command.index("--port") + 1] == str(port)
     assert command[command.index("--policy") + 1] == plan.spec.router.policy
     assert command[command.index("--retries") + 1] == str(plan.spec.router.retries)
-    assert command[command.index("--peers") + 1] == str(plan.spec.router.replicas)  # each its share of key limits
     assert container["image"] == engine_pod["containers"][0]["image"] == plan.spec.kubernetes.image
     # the engine's grace rule: what an engine gives a request in flight (drain + vLLM's shutdown), here
     # after the preStop sleep, plus the same margin
@@ -223,7 +222,7 @@ def test_router_settings_reach_the_command() -> None:
     deployment = _by(objects, "Deployment", "m-router")
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--policy") + 1] == "least-load" and command[command.index("--retries") + 1] == "0"
-    assert "--registry" not in command and "--peers" not in command  # one replica: all of a key's limits
+    assert "--registry" not in command
     assert deployment["spec"]["replicas"] == 1
     assert not any(o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == "m-router" for o in objects)
     text = yaml.safe_dump(objects)

@@ -59,8 +59,6 @@ def command(plan: Plan) -> list[str]:
     out = ["vllm-fleet", "router", "--discover-k8s", discover_target(plan), "--host", "0.0.0.0", "--port", str(port)]
     out += ["--policy", router.policy, "--retries", str(router.retries)]
     out += ["--shutdown-timeout", str(plan.derived["router_shutdown_timeout_s"].value)]
-    if router.replicas > 1:  # the Service spreads requests over the replicas: each allows its share of a key's limits
-        out += ["--peers", str(router.replicas)]
     if router.registry and not plan.spec.kubernetes.secrets.registry:  # else the Secret's VLLM_FLEET_REGISTRY
         out += ["--registry", router.registry]
     return out
