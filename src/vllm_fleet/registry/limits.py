@@ -43,6 +43,10 @@ def _refilled(level: float, limit: int | None, elapsed: float) -> float:
     return min(float(limit), level + elapsed * limit / WINDOW_S)
 
 
+def _bounded(level: float, limit: int) -> float:
+    return max(-float(limit), min(float(limit), level))
+
+
 def _wait(level: float, need: float, limit: int | None) -> float:
     """Seconds until ``level`` reaches ``need`` at ``limit`` per minute (0: now)."""
     if limit is None or level >= need:
@@ -88,15 +92,16 @@ class Limiter:
         return None
 
     def debit(self, key_name: str, limits: KeyLimits, requests: float, tokens: float, now: float) -> None:
-        """What another replica charged ``key_name`` since the last debit, taken from this replica's buckets too
-        (they may go into debt: this replica's next requests for the key then wait for the refill)."""
+        """What another replica charged ``key_name`` since the last debit, taken from this replica's buckets too.
+        They may go into debt, down to one window's allowance (this replica's next requests for the key then
+        wait for the refill, two minutes at most)."""
         if limits.requests_per_min is None and limits.tokens_per_min is None:
             return
         buckets = self._refresh(key_name, limits, now)
         if limits.requests_per_min is not None:
-            buckets.requests = min(float(limits.requests_per_min), buckets.requests - requests)
+            buckets.requests = _bounded(buckets.requests - requests, limits.requests_per_min)
         if limits.tokens_per_min is not None:
-            buckets.tokens = min(float(limits.tokens_per_min), buckets.tokens - tokens)
+            buckets.tokens = _bounded(buckets.tokens - tokens, limits.tokens_per_min)
         self._settle(buckets, limits)
 
     def report(self, everything: bool = False) -> dict[str, tuple[float, float]]:

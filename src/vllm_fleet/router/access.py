@@ -108,9 +108,11 @@ class RegistryLink:
             pair = (spend.replica, spend.key_name)
             self._seen[pair] = (spend.requests, spend.tokens)
             limits = self._named.get(spend.key_name)
-            if first or limits is None:  # what was spent before this replica started is in the past
+            if first or limits is None:  # at this replica's first share: what the others spent is the past
                 continue
-            requests, tokens = seen.get(pair, (0.0, 0.0))  # a pair not seen before: all of it is new
+            # A pair not seen before is a replica's first use of the key since the last share: all of it is
+            # new (or, rarely, a replica back after its rows went stale: the debit's floor bounds that).
+            requests, tokens = seen.get(pair, (0.0, 0.0))
             self._limiter.debit(spend.key_name, limits, spend.requests - requests, spend.tokens - tokens, now)
 
     @staticmethod

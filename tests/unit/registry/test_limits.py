@@ -110,9 +110,13 @@ def test_another_replicas_use_is_debited_here_and_a_debt_waits_for_the_refill() 
     wait = limiter.check("k", RPM, 0, now=0.0)
     assert wait == pytest.approx(60.0)  # from -2 to 1 at 3 a minute
     assert limiter.check("k", RPM, 0, now=60.0) is None
-    limiter.debit("k", TPM, 0, -(10**6), now=0.0)  # a credit never fills a bucket past its limit
-    limiter.debit("k", KeyLimits("k"), 10**6, 10**6, now=0.0)  # an unlimited key: nothing to take from
     assert limiter.check("k", RPM, 0, now=60.0) is not None
+    limiter.debit("t", TPM, 0, -(10**6), now=0.0)  # a credit (fewer tokens used) never fills past the limit
+    assert limiter.check("t", TPM, 600, now=0.0) is None and limiter.check("t", TPM, 1, now=0.0) is not None
+    limiter.debit("u", KeyLimits("u"), 10**6, 10**6, now=0.0)  # an unlimited key: nothing to take from
+    assert len(limiter) == 2
+    limiter.debit("k", RPM, 10**6, 0, now=60.0)  # a debt is at most a window's allowance: -3
+    assert limiter.check("k", RPM, 0, now=60.0) == pytest.approx(80.0)
 
 
 def test_spend_is_reported_once_until_it_changes_and_again_if_a_report_was_lost() -> None:
