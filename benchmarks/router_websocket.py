@@ -7,8 +7,9 @@ docs say) and vllm-router (tried: a refused handshake is reported, not measured)
 - round trip: one WebSocket, a 64 B binary message sent and its echo awaited, closed loop,
   ``--ws-messages`` per round; p50/p99 per round and added = through - direct (medians over rounds,
   rounds interleaving the targets as the other sections do);
-- throughput: 16 WebSockets at once, each echoing 16 KiB messages closed loop; MiB/s wall (both
-  ways) and messages forwarded (both ways) per proxy CPU-second.
+- throughput: 16 WebSockets at once, each echoing 16 KiB messages closed loop, 16,000 echoes a round
+  (long enough for a CPU figure: /proc counts it in 10 ms ticks); MiB/s wall (both ways) and
+  messages forwarded (both ways) per proxy CPU-second.
 
 Every echo is compared with what was sent: a wrong byte counts as a failure.
 """
@@ -28,7 +29,7 @@ import router_load as load
 
 PATH = "/v1/realtime?model=m"
 WARMUP = 50  # echoes before the clock starts: the connection and both ends' buffers settle
-SOCKETS, BIG = 16, 16 * 1024
+SOCKETS, BIG, ECHOES = 16, 16 * 1024, 16_000
 
 
 class Refused(Exception):
@@ -90,7 +91,7 @@ def run(targets: list[Any], rounds: int, messages: int, quiet: Callable[[], obje
     per_cpu: dict[str, list[float]] = {t.key: [] for t in targets}
     wall: dict[str, list[float]] = {t.key: [] for t in targets}
     refused: dict[str, str] = {}
-    per_socket = max(1, messages // SOCKETS)
+    per_socket = ECHOES // SOCKETS
     for round_ in range(rounds):
         for target in targets:
             if target.key in refused:
