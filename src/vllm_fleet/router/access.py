@@ -117,12 +117,20 @@ class RegistryLink:
 
     @staticmethod
     async def _every(seconds: float, work: Callable[[], Awaitable[object]], what: str) -> None:
+        """``work`` every ``seconds``; a failure is logged once, not once a second, until it works again."""
+        failing = False
         while True:
             await asyncio.sleep(seconds)
             try:
                 await work()
             except Exception as exc:  # a registry briefly away must not stop the router: keep the last view
-                log.warning("%s failed: %s", what, exc)
+                if not failing:
+                    log.warning("%s failed (said once until it works again): %s", what, exc)
+                failing = True
+            else:
+                if failing:
+                    log.warning("%s works again", what)
+                failing = False
 
     async def admit(self, request: Request, facts: RequestFacts) -> Reply | None:
         """None when the request may go on; else its 401 or 429 answer."""
