@@ -82,9 +82,7 @@ class Proxy:
         body = request.body
         candidates = self.pool.available(facts.model)
         if not candidates:
-            refused = self._none_available(facts)
-            log_access(request, refused.status, facts.model, "-", 0, started)
-            return refused
+            return self._none_available(request, facts, started)
         headers = forwarded_headers(request.raw_headers)  # in the order and spelling the client sent them
         ask_load = not facts.stream and LOAD_FORMAT_HEADER not in request.headers
         if ask_load:
@@ -124,9 +122,7 @@ class Proxy:
         """Pass a WebSocket handshake to a backend; once it is accepted, bytes both ways until one side closes."""
         candidates = self.pool.available(facts.model)
         if not candidates:
-            refused = self._none_available(facts)
-            log_access(request, refused.status, facts.model, "-", 0, started)
-            return refused
+            return self._none_available(request, facts, started)
         kind = request.headers["upgrade"]
         headers = [*forwarded_headers(request.raw_headers), ("Connection", "Upgrade"), ("Upgrade", kind)]
         session = request.headers.get(SESSION_HEADER)
@@ -348,7 +344,8 @@ class Proxy:
         backend.in_flight -= 1
         backend.in_flight_tokens -= facts.tokens
 
-    def _none_available(self, facts: RequestFacts) -> Reply:
+    def _none_available(self, request: Request, facts: RequestFacts, started: float) -> Reply:
+        """No backend can take ``request``: the 404 naming the known models, or a 503 with Retry-After; logged."""
         known = sorted({m for b in self.pool.backends.values() for m in b.models})
         # Unknown only when every backend has said what it serves: a backend never yet healthy (its
         # models unknown) may serve it, so that is a 503, not a 404.
@@ -356,12 +353,15 @@ class Proxy:
         if facts.model is not None and facts.model not in known and told:
             listed = ", ".join(known) or "none yet"
             self.metrics.answered("", "", 404)  # not the name: a client's typos must not grow /metrics
-            return json_error(f"model {facts.model!r} is not served here; known models: {listed}", 404, "NotFound")
-        wait = str(self.pool.retry_after_s())
-        self.metrics.answered(facts.model if facts.model in known else "", "", 503)
-        return json_error(
-            "no healthy backend can take this request now", 503, "ServiceUnavailable", **{"Retry-After": wait}
-        )
+            refused = json_error(f"model {facts.model!r} is not served here; known models: {listed}", 404, "NotFound")
+        else:
+            wait = str(self.pool.retry_after_s())
+            self.metrics.answered(facts.model if facts.model in known else "", "", 503)
+            refused = json_error(
+                "no healthy backend can take this request now", 503, "ServiceUnavailable", **{"Retry-After": wait}
+            )
+        log_access(request, refused.status, facts.model, "-", 0, started)
+        return refused
 
     def _failed(self, request: Request, facts: RequestFacts, tried: list[Backend], why: str, started: float) -> Reply:
         self.metrics.answered(facts.model or "", tried[-1].url, 502)
