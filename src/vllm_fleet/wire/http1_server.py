@@ -13,6 +13,13 @@ that disconnects cancels its request's handler (``asyncio.CancelledError`` in it
 connections closed after ``keepalive_s``; a graceful :meth:`Server.close`; a WebSocket upgrade handed to the
 handler (:attr:`Request.upgrade`), which may answer it or :meth:`Request.switch` the connection into a byte
 tunnel to another one.
+
+What a client cannot do to it: grow its memory with an endless request head (the parser keeps a header
+whole until it ends; past ``max_head_bytes`` the answer is a 431 and the connection closes) or with
+pipelined bodies (reading pauses while the requests waiting for their answer hold more than one body's
+limit); hold a connection with a request that trickles in or stalls (a head not whole, or a body with
+nothing new, after ``request_timeout_s``: a 408 and a close, as nginx's client_header_timeout and
+client_body_timeout do).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ log = logging.getLogger("vllm_fleet.wire.http1_server")
 
 Headers = Iterable[tuple[str, str]]
 MAX_PIPELINED = 16  # requests parsed ahead of their answers before the connection stops reading
+LINGER_S = 5.0  # how long a refused request's remaining bytes are read (and dropped) before the close
+MAX_HEAD_BYTES = 64 * 1024  # a request line and headers (nginx allows 4 x 8 KiB, Go's server 1 MiB)
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -229,6 +238,12 @@ class _Connection(asyncio.Protocol):
         self.early = b""  # bytes after a WebSocket handshake, held until the switch
         self.busy = False
         self.last_active = 0.0
+        self.last_read = 0.0  # when the client last sent something
+        self._in_head = True  # the next bytes are a request's head (or the start of one)
+        self._head_bytes = 0  # of the head being read (at most its size: see data_received)
+        self._head_began = 0.0
+        self._queued_bytes = 0  # of the bodies of the requests in _ready
+        self._reading_paused = False  # by _queue, for requests waiting for their answers
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -245,6 +260,9 @@ class _Connection(asyncio.Protocol):
             return
         if self._ignore_input:
             return
+        self.last_read = time.monotonic()
+        if self._in_head:  # the callbacks reset the count once a head is whole, so it never counts a body's bytes
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -256,6 +274,9 @@ class _Connection(asyncio.Protocol):
             # else another upgrade (h2c): ignored (RFC 9110 §7.8), answered in HTTP/1.1
         except httptools.HttpParserError as exc:
             self._refuse(400, f"not an HTTP/1.1 request: {exc}")
+            return
+        if self._in_head and self._head_bytes > self._server.max_head_bytes:
+            self._refuse(431, f"the request's line and headers are larger than {self._server.max_head_bytes} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -279,6 +300,7 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._parsing = Request(self, "", "", "1.1")
+        self._head_began = self.last_read
 
     def on_url(self, url: bytes) -> None:
         assert self._parsing is not None
@@ -296,6 +318,7 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         request = self._parsing
         assert request is not None
+        self._in_head, self._head_bytes = False, 0
         request.method = self._parser.get_method().decode("latin-1")
         request.version = self._parser.get_http_version()
         limit = self._server.max_body_bytes
@@ -316,6 +339,7 @@ class _Connection(asyncio.Protocol):
             request._parts.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_head, self._head_bytes = True, 0  # what follows in this read is the next head: uncounted
         request = self._parsing
         if request is None or self._ignore_input:
             return
@@ -332,12 +356,18 @@ class _Connection(asyncio.Protocol):
     # the requests' task
     def _queue(self, request: Request) -> None:
         self._ready.append(request)
-        if len(self._ready) > MAX_PIPELINED:
+        self._queued_bytes += len(request.body)
+        if not self._reading_paused and self._backlogged():
+            self._reading_paused = True
             self.transport.pause_reading()
         if self._task is None:
             self._task = self.loop.create_task(self._serve())
         elif self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def _backlogged(self) -> bool:
+        """More requests wait for their answers than the connection holds: it reads no more until they shrink."""
+        return len(self._ready) > MAX_PIPELINED or self._queued_bytes > self._server.max_body_bytes
 
     def _oversize(self, request: Request) -> None:
         """Hand the request over now, without its body; read nothing more from this connection."""
@@ -349,14 +379,16 @@ class _Connection(asyncio.Protocol):
         self._queue(request)
 
     def _refuse(self, status: int, why: str) -> None:
-        """Bytes that are no request: answer if nothing else is pending, then close."""
+        """Bytes that are no request (or not in time): answer if nothing else is pending, then close."""
+        log.info("%s: %d: %s", self.remote, status, why)
         self._ignore_input = True
+        self._parsing = None
         self.keep_alive = False
         if not self._ready and not self.busy:
             body = why.encode()
             self.transport.write(_head(status, [("Content-Type", "text/plain")], f"Content-Length: {len(body)}\r\n",
                                        self) + body)  # fmt: skip
-            self.transport.close()
+            self._close()
 
     async def _serve(self) -> None:
         server, ready = self._server, self._ready
@@ -370,7 +402,9 @@ class _Connection(asyncio.Protocol):
                     self._waiter = None
                     continue
                 request = ready.popleft()
-                if len(ready) == MAX_PIPELINED:
+                self._queued_bytes -= len(request.body)
+                if self._reading_paused and not self._backlogged():
+                    self._reading_paused = False
                     self.transport.resume_reading()
                 self.busy = True
                 if server.closing:
@@ -384,7 +418,19 @@ class _Connection(asyncio.Protocol):
             pass  # the client left (connection_lost) or the server stopped waiting
         finally:
             self.busy = False
-            self.transport.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Close after the last answer. If the client may still be sending the request it was refused, the rest of
+        it is read and dropped for a while first (nginx's lingering close): a close with unread bytes resets the
+        connection, and the reset can destroy the answer before the client has read it."""
+        transport = self.transport
+        if self._ignore_input and self.tunnel is None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()  # the answer is all there is
+            transport.resume_reading()  # paused for a WebSocket handshake answered without a switch
+            self.loop.call_later(LINGER_S, transport.close)  # or sooner: the client, having read it, closes
+        else:
+            transport.close()
 
     async def _answer(self, request: Request) -> None:
         try:
@@ -410,6 +456,13 @@ class _Connection(asyncio.Protocol):
         """No request being answered, waiting, or arriving (a slow upload is not idle)."""
         return not self.busy and not self._ready and self._parsing is None
 
+    def late(self, since: float) -> bool:
+        """A request arriving too slowly: its head began before ``since`` and is not whole, or nothing of it
+        came after ``since`` (while the server read: a backlog of answers pauses it)."""
+        if self._parsing is None or self._ignore_input or self._reading_paused:
+            return False
+        return self.last_read < since or (self._in_head and self._head_began < since)
+
     def write(self, data: bytes) -> None:
         self.transport.write(data)
 
@@ -425,10 +478,19 @@ class _Connection(asyncio.Protocol):
 class Server:
     """Serve ``handler`` on ``host:port`` (port 0: any free one, :attr:`port` says which)."""
 
-    def __init__(self, handler: Handler, max_body_bytes: int, keepalive_s: float = 75.0):
+    def __init__(
+        self,
+        handler: Handler,
+        max_body_bytes: int,
+        keepalive_s: float = 75.0,
+        request_timeout_s: float = 60.0,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+    ):
         self.handler = handler
         self.max_body_bytes = max_body_bytes
+        self.max_head_bytes = max_head_bytes
         self.keepalive_s = keepalive_s
+        self.request_timeout_s = request_timeout_s
         self.connections: set[_Connection] = set()
         self.closing = False
         self.port = 0
@@ -444,13 +506,17 @@ class Server:
         self._sweeper = loop.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """Close keep-alive connections idle for longer than ``keepalive_s``."""
+        """Close keep-alive connections idle for longer than ``keepalive_s``, and requests arriving too slowly."""
+        timeout = self.request_timeout_s
         while True:
-            await asyncio.sleep(min(self.keepalive_s, 10.0))
-            stale = time.monotonic() - self.keepalive_s
+            await asyncio.sleep(min(self.keepalive_s, timeout / 4, 10.0))
+            now = time.monotonic()
+            stale = now - self.keepalive_s
             for connection in list(self.connections):
                 if connection.idle and connection.last_active < stale:
                     connection.transport.close()
+                elif connection.late(now - timeout):
+                    connection._refuse(408, f"the request did not arrive within {timeout:g} s")
 
     async def close(self, timeout_s: float) -> None:
         """Stop listening, close idle connections, give answers in progress up to ``timeout_s``, then cut."""

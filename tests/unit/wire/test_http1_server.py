@@ -5,6 +5,7 @@ client that leaves or reads slowly, idle connections and a graceful close."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -106,8 +107,9 @@ class Harness:
 
 
 @asynccontextmanager
-async def serving(handler: Handler, max_body_bytes: int = 1 << 20, keepalive_s: float = 75.0) -> AsyncIterator[Harness]:
-    server = Server(handler, max_body_bytes, keepalive_s)
+async def serving(handler: Handler, max_body_bytes: int = 1 << 20, keepalive_s: float = 75.0, **settings: float
+                  ) -> AsyncIterator[Harness]:  # fmt: skip
+    server = Server(handler, max_body_bytes, keepalive_s, **settings)  # type: ignore[arg-type]
     await server.start(HOST, 0)
     harness = Harness(server)
     try:
@@ -403,6 +405,21 @@ def test_a_chunked_body_past_the_limit_is_handed_over_at_once_and_the_connection
     run(body)
 
 
+def test_a_client_still_uploading_past_the_limit_reads_the_413_and_not_a_reset() -> None:
+    async def body() -> None:
+        async with serving(refuse_oversize, max_body_bytes=10) as harness:
+            client = await harness.connect()
+            size = 16 * 1024 * 1024
+            client.send(b"POST /big HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % size)
+            with contextlib.suppress(ConnectionError):
+                for _ in range(size // 65536):  # as curl does: the upload goes on while the answer waits unread
+                    client.send(b"u" * 65536)
+                    await client.writer.drain()
+            assert masked(await client.rest()) == TOO_BIG
+
+    run(body)
+
+
 @pytest.mark.parametrize(
     "sent",
     [
@@ -453,6 +470,136 @@ def test_malformed_bytes_get_a_400_and_a_close(sent: bytes) -> None:
 
     run(body)
     assert called == []
+
+
+def refused(raw: bytes, status: bytes) -> bytes:
+    """The reason the server gave in a refusal with ``status`` (its head checked whole)."""
+    head, _, text = masked(raw).partition(b"\r\n\r\n")
+    assert head == (
+        b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\nDate: <date>"
+        % (status, len(text))
+    ), raw
+    return text
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [b"GET / HTTP/1.1\r\nHost: test\r\nX-Endless: ", b"GET /", b"GET / HTTP/1.1\r\nHost: test\r\n"],
+    ids=["one-endless-header", "endless-url", "endless-headers"],
+)
+def test_an_endless_head_gets_a_431_and_a_close_and_the_server_goes_on(opening: bytes) -> None:
+    called, handler = recording()
+    piece = b"x-h: v\r\n" * 1024 if opening.endswith(b"\r\n") else b"a" * 8192
+
+    async def body() -> None:
+        async with serving(handler, max_head_bytes=64 * 1024) as harness:
+            client = await harness.connect()
+            client.send(opening)
+            with contextlib.suppress(ConnectionError):  # the server may close while we still send
+                for _ in range(16 * 1024 * 1024 // len(piece)):  # 16 MiB: without the limit, held whole
+                    client.send(piece)
+                    await client.writer.drain()
+            text = refused(await client.rest(), b"431 Request Header Fields Too Large")
+            assert text == b"the request's line and headers are larger than 65536 bytes"
+            again = await harness.connect()
+            again.send(get("/next"))
+            assert masked(await again.answer()) == ok_head(0)
+
+    run(body)
+    assert [r.path for r in called] == ["/next"]
+
+
+def test_heads_below_the_limit_pass_though_many_come_in_one_read() -> None:
+    called, handler = recording()
+    near = b"X-Near: " + b"n" * (60 * 1024) + b"\r\n"  # one head just under the limit
+    many = get("/many", b"X-Pad: " + b"p" * 2048 + b"\r\n") * 40  # 80 KiB of small heads, sent at once
+
+    async def body() -> None:
+        async with serving(handler, max_head_bytes=64 * 1024) as harness:
+            client = await harness.connect()
+            client.send(get("/near", near) + many)
+            answers = [masked(await client.answer()) for _ in range(41)]
+            assert answers == [ok_head(0)] * 41
+
+    run(body)
+    assert [r.path for r in called] == ["/near"] + ["/many"] * 40
+
+
+@pytest.mark.parametrize(
+    ("sent", "trickle"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: test\r\n", b"X: y\r\n"),  # a head that never ends, sent a line at a time
+        (b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nhalf.", b""),  # a body that stops
+    ],
+    ids=["slow-head", "stalled-body"],
+)
+def test_a_request_that_does_not_arrive_in_time_gets_a_408_and_a_close(sent: bytes, trickle: bytes) -> None:
+    called, handler = recording()
+
+    async def body() -> None:
+        async with serving(handler, request_timeout_s=0.4) as harness:
+            client = await harness.connect()
+            client.send(sent)
+            started = time.monotonic()
+
+            async def send_slowly() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while trickle:
+                        await asyncio.sleep(0.05)
+                        client.send(trickle)
+                        await client.writer.drain()
+
+            sending = asyncio.create_task(send_slowly())
+            raw = await client.rest()  # the answer, then the server's end of the connection
+            sending.cancel()
+            text = refused(raw, b"408 Request Timeout")
+            assert text == b"the request did not arrive within 0.4 s"
+            assert time.monotonic() - started < 2.5
+
+    run(body)
+    assert called == []
+
+
+def test_a_body_that_keeps_coming_is_not_cut_by_the_request_timeout() -> None:
+    async def body() -> None:
+        async with serving(refuse_oversize, request_timeout_s=0.4) as harness:
+            client = await harness.connect()
+            client.send(b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 15\r\n\r\n")
+            for _ in range(15):  # 1.5 s in all, a byte every 0.1 s
+                await asyncio.sleep(0.1)
+                client.send(b"u")
+            assert masked(await client.answer()) == ok_head(15) + b"u" * 15
+
+    run(body)
+
+
+def test_pipelined_bodies_past_one_bodys_limit_wait_unread_until_answers_go_out() -> None:
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    async def handler(request: Request) -> Reply:
+        seen.append(len(request.body))
+        await release.wait()
+        return Reply(200, [], b"")
+
+    post = b"POST /p HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % (700 * 1024) + b"b" * (700 * 1024)
+
+    async def body() -> None:
+        async with serving(handler, max_body_bytes=1 << 20) as harness:
+            client = await harness.connect()
+            client.send(post * 4)  # the first is answered slowly; 2 more waiting pass one body's limit
+            (connection,) = harness.server.connections
+            deadline = time.monotonic() + 5
+            while connection.transport.is_reading() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert not connection.transport.is_reading()
+            assert seen == [700 * 1024]
+            release.set()
+            answers = [masked(await client.answer()) for _ in range(4)]
+            assert answers == [ok_head(0)] * 4
+
+    run(body)
+    assert seen == [700 * 1024] * 4
 
 
 def test_a_websocket_handshake_reaches_the_handler_marked_and_a_plain_answer_to_it_closes_the_connection() -> None:
