@@ -68,6 +68,7 @@ class Stream:
     gap_s: float = 0.0
     reset: bool = False  # after the events, a TCP reset instead of the stream's end (a backend dying mid-stream)
     torn: bytes = b""  # with reset: these first bytes of one more event before the reset (it dies mid-event)
+    line_end: bytes = b"\n"  # vLLM's; sse-starlette (llama-cpp-python's server, among others) ends lines in CRLF
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,7 @@ class FaultServer:
                 if gone.done():
                     self.state.closed.append(Closed(request.path, time.monotonic()))
                     return False
-                data = b"data: " + event + b"\n\n"
+                data = b"data: " + event + action.line_end * 2
                 writer.write(b"%x\r\n%s\r\n" % (len(data), data))
                 await writer.drain()
             if action.reset:

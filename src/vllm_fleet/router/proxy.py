@@ -206,8 +206,10 @@ class Proxy:
                 return self._failed(
                     request, facts, tried, f"{exc.__class__.__name__} before the answer's body", started
                 )
-            resumed = transcript is not None and await self._resume(
-                request, facts, transcript, tried, body, request_headers
+            resumed = (
+                transcript is not None
+                and transcript.whole
+                and await self._resume(request, facts, transcript, tried, body, request_headers)
             )
             if resumed:
                 log_access(request, 200, facts.model, backend.url, attempts, started, "continued on another backend")

@@ -20,7 +20,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-_EVENT_END = b"\n\n"
+from vllm_fleet.wire.sse import CRLF_END, DONE, LF_END, SSEDecoder, event_end
+
+MAX_HELD = 1024 * 1024  # a torn event held back longer than this: not SSE; passed on as it comes, not continued
 
 
 class Transcript:
@@ -29,15 +31,21 @@ class Transcript:
     def __init__(self) -> None:
         self._held = b""
         self._sent: list[bytes] = []
+        self.whole = True  # only whole events went on (False: a stream that is not SSE, which cannot be continued)
 
     def whole_events(self, chunk: bytes) -> bytes:
         """The complete events of ``chunk`` (with what was held back before it); the torn end is held back."""
+        if not self.whole:
+            return chunk
         data = self._held + chunk if self._held else chunk
-        end = data.rfind(_EVENT_END)
+        end = event_end(data)
         if end < 0:
+            if len(data) > MAX_HELD:
+                self._held, self.whole = b"", False
+                return data
             self._held = data
             return b""
-        whole, self._held = data[: end + 2], data[end + 2 :]
+        whole, self._held = data[:end], data[end:]
         self._sent.append(whole)
         return whole
 
@@ -48,7 +56,7 @@ class Transcript:
         sent, keep = self._sent, self.whole_events
 
         def sink(data: bytes) -> bool:
-            if not self._held and data.endswith(_EVENT_END):
+            if not self._held and (data.endswith(LF_END) or data.endswith(CRLF_END)):
                 sent.append(data)
                 return write(data)
             return write(keep(data))
@@ -69,12 +77,12 @@ class Transcript:
         """(assistant text the client has, content events it came in, whether the answer had finished)."""
         text: list[str] = []
         events, finished = 0, False
-        for line in b"".join(self._sent).split(b"\n"):
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                finished |= line == b"data: [DONE]"
+        for payload in SSEDecoder().feed(b"".join(self._sent)):
+            if payload == DONE:
+                finished = True
                 continue
             try:
-                choices = json.loads(line[6:]).get("choices") or []
+                choices = json.loads(payload).get("choices") or []
             except ValueError:
                 continue
             for choice in choices[:1]:
@@ -118,13 +126,14 @@ def _budget(data: dict[str, Any], tokens: int) -> dict[str, int]:
 
 def without_role_event(events: bytes) -> bytes:
     """``events`` less a leading role-only event (``delta: {role, content: ""}``): the client has had one."""
-    end = events.find(_EVENT_END)
-    first = events[: end + 2] if end >= 0 else events
+    end = event_end(events, last=False)
+    decoder = SSEDecoder()
+    first = [*decoder.feed(events[:end] if end >= 0 else events), *decoder.close()][:1]
     try:
-        choices = json.loads(first.removeprefix(b"data: ")).get("choices") or [{}]
-    except ValueError:
+        choices = json.loads(first[0]).get("choices") or [{}]
+    except (IndexError, ValueError):
         return events
     delta = choices[0].get("delta") or {}
     if delta.get("role") and not delta.get("content"):
-        return events[end + 2 :] if end >= 0 else b""
+        return events[end:] if end >= 0 else b""
     return events

@@ -166,6 +166,29 @@ def test_a_stream_reaches_the_client_as_it_is_generated() -> None:
     assert first < last - 0.5, (first, last)
 
 
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_a_stream_of_either_line_end_goes_on_event_by_event(line_end: bytes) -> None:
+    """SSE lets lines end in LF or CRLF: a stream in either form reaches the client an event at a time, and the
+    router still reads its text (a continuation needs it)."""
+    events = (*(b'{"choices":[{"index":0,"delta":{"content":"%d"}}]}' % i for i in range(10)), b"[DONE]")
+    with FaultServer() as backend:
+        backend.always("/v1/chat/completions", Stream(events, gap_s=0.1, line_end=line_end))
+
+        async def body() -> list[float]:
+            async with routing(backend.url) as router, client() as http:
+                started, arrivals, raw = time.monotonic(), [], b""
+                async with http.post(f"{router.url}/v1/chat/completions", json=chat(stream=True)) as resp:
+                    async for piece in resp.content.iter_any():
+                        raw += piece
+                        arrivals += [time.monotonic() - started] * piece.count(b"data: ")
+                assert raw == b"".join(b"data: " + e + line_end * 2 for e in events)  # as sent, byte for byte
+                return arrivals
+
+        arrivals = asyncio.run(body())
+    assert len(arrivals) == 11
+    assert arrivals[0] < arrivals[-1] - 0.6, arrivals  # 1 s of events; a router holding them sends all at the end
+
+
 def test_a_client_that_disconnects_mid_stream_cancels_the_upstream_request() -> None:
     events = tuple(b'{"choices":[{"delta":{"content":"x"}}]}' for _ in range(200))
     with FaultServer() as backend:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -34,7 +35,7 @@ async def stream_through(url: str, body: dict) -> tuple[list[dict], bool]:
     async with client() as http, http.post(f"{url}{PATH}", json=body) as resp:
         assert resp.status == 200
         raw = await resp.read()
-    for block in raw.split(b"\n\n"):
+    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):  # either line end (SSE allows both)
         if block == b"data: [DONE]":
             done = True
         elif block.startswith(b"data: "):
@@ -47,11 +48,18 @@ async def stream_through(url: str, body: dict) -> tuple[list[dict], bool]:
 TORN = Stream(BROKEN.events, reset=True, torn=b'data: {"id": "c", "object": "chat.completion.chunk", "cho')
 
 
-@pytest.mark.parametrize("broken", [BROKEN, TORN], ids=["between-events", "mid-event"])
-def test_a_stream_cut_mid_answer_is_continued_on_another_backend(broken: Stream) -> None:
+CRLF = b"\r\n"  # sse-starlette's line end
+
+
+@pytest.mark.parametrize(
+    ("broken", "rest"),
+    [(BROKEN, REST), (TORN, REST), (replace(TORN, line_end=CRLF), replace(REST, line_end=CRLF))],
+    ids=["between-events", "mid-event", "mid-event-crlf"],
+)
+def test_a_stream_cut_mid_answer_is_continued_on_another_backend(broken: Stream, rest: Stream) -> None:
     with FaultServer() as first, FaultServer() as second:
         first.script(PATH, broken)
-        second.script(PATH, REST)
+        second.script(PATH, rest)
 
         async def body() -> None:
             async with routing(first.url, second.url, policy="round-robin") as router:
@@ -82,6 +90,27 @@ def test_with_no_other_backend_the_client_sees_the_stream_break() -> None:
 
         asyncio.run(body())
         assert len(only.requests(PATH)) == 1  # never sent twice to the same backend
+
+
+def test_a_stream_that_is_not_sse_reaches_the_client_whole_and_is_not_continued() -> None:
+    """Past MAX_HELD bytes with no event end the stream is not SSE: passed on as it came, and a continuation
+    (which would need whole events) is not tried when it breaks."""
+    blob = Stream((b"x" * (700 * 1024), b"y" * (700 * 1024)), reset=True, line_end=b"")
+    with FaultServer() as first, FaultServer() as second:
+        first.script(PATH, blob)
+
+        async def body() -> bytes:
+            got = b""
+            async with routing(first.url, second.url, policy="round-robin") as router, client() as http:
+                with pytest.raises(Exception):  # noqa: B017 (aiohttp's payload error: the stream did not end)
+                    async with http.post(f"{router.url}{PATH}", json=chat(stream=True)) as resp:
+                        async for piece in resp.content.iter_any():
+                            got += piece
+            return got
+
+        got = asyncio.run(body())
+        assert got == b"".join(b"data: " + e for e in blob.events)
+        assert second.requests(PATH) == []
 
 
 def test_a_plain_stream_is_not_held_back_by_the_transcript() -> None:

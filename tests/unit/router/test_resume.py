@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from vllm_fleet.router.resume import Transcript, continuation_body, without_role_event
+from vllm_fleet.router.resume import MAX_HELD, Transcript, continuation_body, without_role_event
 
 
 def sse(payload: dict) -> bytes:
@@ -39,6 +39,27 @@ def test_the_sink_passes_whole_events_at_once_holds_a_torn_one_and_a_cut_drops_i
     t.cut()  # the backend died: the held start never reached the client
     assert t.rest() == b""
     assert sink(delta(".")) and written[-1] == delta(".")
+
+
+def test_events_with_crlf_line_ends_are_whole_as_lf_ones_are() -> None:
+    crlf = [e.replace(b"\n", b"\r\n") for e in (delta("", role="assistant"), delta("Hel"), delta("lo"))]
+    t = Transcript()
+    written: list[bytes] = []
+    sink = t.sink(lambda data: written.append(data) is None)
+    sink(crlf[0])
+    assert written == [crlf[0]]  # whole: on at once
+    sink(crlf[1][:-1])  # its blank line's LF still to come
+    sink(crlf[1][-1:] + crlf[2] + b"data:[DONE]\r\n\r\n")
+    assert written[1:] == [b"", crlf[1] + crlf[2] + b"data:[DONE]\r\n\r\n"]
+    assert t.so_far() == ("Hello", 2, True)  # "data:" without its optional space read too
+    assert without_role_event(b"".join(crlf)) == crlf[1] + crlf[2]
+
+
+def test_a_stream_that_is_not_sse_goes_on_as_it_comes_and_is_not_continued() -> None:
+    t = Transcript()
+    assert t.whole_events(b"x" * MAX_HELD) == b""  # held: perhaps a long event
+    assert t.whole_events(b"y") == b"x" * MAX_HELD + b"y"  # past the bound: not SSE
+    assert t.whole_events(b"z") == b"z" and not t.whole
 
 
 def test_so_far_sees_the_end_of_an_answer() -> None:

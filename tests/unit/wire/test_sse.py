@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from vllm_fleet.wire.sse import SSEDecoder, iter_events
+import pytest
+
+from vllm_fleet.wire.sse import SSEDecoder, event_end, iter_events
 
 STREAM = b'data: {"a": 1}\n\ndata: {"b": 2}\r\n\r\n: comment\nevent: x\ndata: line1\ndata: line2\n\ndata: [DONE]\n\n'
 EXPECTED = [b'{"a": 1}', b'{"b": 2}', b"line1\nline2", b"[DONE]"]
@@ -40,3 +42,19 @@ def test_iter_events_stops_at_done():
         return [e async for e in iter_events(chunks())]
 
     assert asyncio.run(collect()) == [b"1"]
+
+
+@pytest.mark.parametrize(
+    ("data", "last", "first"),
+    [
+        (b"data: a\n\ndata: b\n\n", 18, 9),
+        (b"data: a\r\n\r\ndata: b\r\n\r\n", 22, 11),
+        (b"data: a\r\n\ndata: b\n\r\ndata: c", 20, 10),  # mixed: a blank line in either form ends an event
+        (b"data: a\r\n", -1, -1),
+        (b"", -1, -1),
+    ],
+)
+def test_event_end_finds_where_whole_events_end_in_either_line_end(data: bytes, last: int, first: int) -> None:
+    assert (event_end(data), event_end(data, last=False)) == (last, first)
+    if last >= 0:  # what it cuts at is where the decoder sees the events end
+        assert SSEDecoder().feed(data[:last]) == SSEDecoder().feed(data)
