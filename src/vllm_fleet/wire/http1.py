@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import httptools
 
 P = TypeVar("P", bound=asyncio.Protocol)
+MAX_HEAD_BYTES = 64 * 1024  # a response's status line and headers: past it, not an answer to wait for
 
 
 class ConnectionClosed(ConnectionError):
@@ -157,12 +158,14 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False  # read while the message completes: llhttp resets it right after
         self._head_only = False  # the request was a HEAD
         self._interim = False  # parsing a 1xx answer
+        self._head_bytes = 0  # read of the response before its head was whole (the parser holds a header whole)
 
     def send(self, data: bytes, head_only: bool = False) -> Response:
         self.transport.write(data)  # no answer can arrive before this step yields to the loop
         self.response = self._parsing = Response(self, time.perf_counter())
         self._until_close = self.keep_alive = False
         self._head_only = head_only
+        self._head_bytes = 0
         return self.response
 
     def release(self, response: Response) -> None:
@@ -190,6 +193,12 @@ class _Connection(asyncio.Protocol):
             response._fail(MalformedResponse(f"not an HTTP/1.1 response: {exc}"))
             self.transport.close()
             return
+        if not response._headers_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                response._fail(MalformedResponse(f"a response head larger than {MAX_HEAD_BYTES} bytes"))
+                self.transport.close()
+                return
         sink = response._sink
         if sink is not None and response._chunks:
             # What this read brought goes on in one piece: one write to the client for the events of a read.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -93,6 +94,15 @@ async def _garbage(head: bytes, writer: asyncio.StreamWriter) -> bool:
     return True
 
 
+async def _endless_head(head: bytes, writer: asyncio.StreamWriter) -> bool:
+    writer.write(b"HTTP/1.1 200 OK\r\nx-endless: ")
+    with contextlib.suppress(ConnectionError):  # until the client gives up on it
+        for _ in range(1024):  # 16 MiB of one header: without a limit, the client holds it all
+            writer.write(b"a" * 16384)
+            await writer.drain()
+    return False
+
+
 async def _never(head: bytes, writer: asyncio.StreamWriter) -> bool:
     await asyncio.sleep(10)
     return True
@@ -174,11 +184,13 @@ def test_a_server_that_hangs_up_fails_that_request_only():
             await _get(client, "/cut")
         with pytest.raises(http1.MalformedResponse, match=r"not an HTTP/1\.1 response"):
             await _get(client, "/garbage")
+        with pytest.raises(http1.MalformedResponse, match="a response head larger than 65536 bytes"):
+            await _get(client, "/endless-head")
         assert await _get(client, "/ok") == (200, b"hello")
         client.close()
 
-    handlers = {"/hang-up": _hang_up, "/cut": _cut_mid_body, "/garbage": _garbage, "/ok": _ok}
-    assert _run(handlers, test).connections == 4
+    handlers = {"/hang-up": _hang_up, "/cut": _cut_mid_body, "/garbage": _garbage, "/endless-head": _endless_head}
+    assert _run({**handlers, "/ok": _ok}, test).connections == 5
 
 
 def test_an_abandoned_response_closes_its_connection():
