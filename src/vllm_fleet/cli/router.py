@@ -35,7 +35,7 @@ def router(
     import logging
 
     from vllm_fleet.errors import SpecError
-    from vllm_fleet.router.backends import PoolSettings
+    from vllm_fleet.router.backends import PoolSettings, backend_url
     from vllm_fleet.router.config import RouterConfig
     from vllm_fleet.router.policies import NAMES
     from vllm_fleet.router.server import serve
@@ -45,10 +45,14 @@ def router(
             raise SpecError(f"--policy {policy!r} is not a routing policy", fix=f"use one of {', '.join(NAMES)}")
         if not (backend or registry or discover_k8s):
             raise SpecError("the router has nothing to route to", fix="give --backend URL (or --registry URL)")
+        try:
+            backends = tuple(backend_url(url) for url in backend)
+        except ValueError as exc:
+            raise SpecError(f"--backend {exc}", fix="give each --backend as http(s)://HOST:PORT") from None
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         logging.getLogger("vllm_fleet.router.access").disabled = not access_log
         config = RouterConfig(
-            backends=tuple(backend),
+            backends=backends,
             host=host,
             port=port,
             policy=policy,

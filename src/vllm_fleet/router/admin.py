@@ -18,7 +18,7 @@ import json
 import time
 
 from vllm_fleet.router.access import RegistryLink
-from vllm_fleet.router.backends import Pool
+from vllm_fleet.router.backends import Pool, backend_url
 from vllm_fleet.router.proxy import json_error
 from vllm_fleet.wire.http1_server import Reply, Request
 
@@ -39,10 +39,13 @@ async def handle(request: Request, pool: Pool, registry: RegistryLink | None, to
     try:
         data = json.loads(request.body or b"{}")
         url = str(data["url"]).rstrip("/")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return json_error('send a JSON body {"url": "http://host:port"}', 400)
     if method == "POST" and path == "/admin/backends":
-        return Reply.json(pool.add(url, pin=True).to_dict(now))
+        try:
+            return Reply.json(pool.add(backend_url(url), pin=True).to_dict(now))
+        except ValueError as exc:
+            return json_error(str(exc), 400)
     if method == "DELETE":
         return Reply.json({"removed": pool.remove(url)})
     backend = pool.drain(url, bool(data.get("draining", True)))

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -38,6 +39,19 @@ MAX_BACKOFF_S = 30.0
 def hash64(text: str) -> int:
     """A stable 64-bit hash of ``text`` (the same in every process): backend seeds and prefix keys."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def backend_url(url: str) -> str:
+    """``url`` as the pool keys it (no trailing slash); ValueError naming the fix when it is not a server's root."""
+    parts = urlsplit(url.strip())
+    try:
+        port_ok = parts.port is None or parts.port > 0  # a port that is not a number raises
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.query or parts.fragment:
+        root = url.strip().split("//")[-1].split("/")[0] or "HOST:PORT"
+        raise ValueError(f"{url!r} is not a backend URL: give a server's root, such as http://{root}")
+    return url.strip().rstrip("/")
 
 
 @dataclass(eq=False, slots=True)

@@ -68,6 +68,8 @@ def _lenient(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BodyError(f"the request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BodyError("the request body is not JSON the router reads: nested too deeply") from None
 
 
 def _leading_text(data: dict[str, Any]) -> tuple[str, str]:

@@ -90,6 +90,9 @@ def test_admin_mistakes_get_openai_style_errors() -> None:
                 assert status == 400 and error_of(answer)
                 async with http.post(drain, data=b"{not json") as resp:
                     assert resp.status == 400 and error_of(await resp.json())
+                status, answer = await admin(http, "POST", f"{router.url}/admin/backends", {"url": "127.0.0.1:9"})
+                assert status == 400 and "such as http://127.0.0.1:9" in error_of(answer)["message"]
+                assert list(router.pool.backends) == [backend.url]  # nothing added
                 status, answer = await admin(http, "GET", f"{router.url}/admin/nothing", None)
                 assert status == 404 and error_of(answer)
                 status, answer = await admin(http, "POST", f"{router.url}/admin/registry/reload", None)

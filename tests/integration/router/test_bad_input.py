@@ -28,7 +28,9 @@ PATH = "/v1/chat/completions"
         (b'{"model": 7}', 400, "`model`"),
         (b'{"messages": []}', 400, "no `model`"),
         (b'{"model": "gpt-9", "messages": []}', 404, "yardstick"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),  # a JSON bomb: past both parsers' depth
     ],
+    ids=["not-json", "not-utf8", "empty", "a-list", "model-not-a-string", "no-model", "unknown-model", "deep"],
 )
 def test_a_bad_body_is_refused_and_the_router_goes_on(sent: bytes, status: int, says: str) -> None:
     with running() as engine:

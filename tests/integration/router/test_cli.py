@@ -91,7 +91,13 @@ def test_the_cli_serves_and_merges_models() -> None:
 
 @pytest.mark.parametrize(
     ("args", "says"),
-    [((), "nothing to route to"), (("--backend", "http://127.0.0.1:1", "--policy", "random"), "least-load")],
+    [
+        ((), "nothing to route to"),
+        (("--backend", "http://127.0.0.1:1", "--policy", "random"), "least-load"),
+        (("--backend", "127.0.0.1:8001"), "such as http://127.0.0.1:8001"),  # no scheme: it was a backend never up
+        (("--backend", "http://127.0.0.1:port"), "such as http://127.0.0.1:port"),
+    ],
+    ids=["no-backend", "no-such-policy", "no-scheme", "port-not-a-number"],
 )
 def test_cli_mistakes_say_the_fix(args: tuple[str, ...], says: str) -> None:
     done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
