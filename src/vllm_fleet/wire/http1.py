@@ -296,12 +296,21 @@ class Client:
         return None
 
     async def request(self, method: str, path: str, body: bytes = b"", head: bytes | None = None) -> Response:
-        """Send (on a new connection when none is idle), then wait for the response's status and headers."""
+        """Send (on a new connection when none is idle), then wait for the response's status and headers.
+
+        A kept-alive connection the server closes without a byte of answer is the race every keep-alive client
+        meets (uvicorn, so vLLM, closes one idle for 5 s; the request crossed the close): the request goes
+        again, once, on a new connection. A new connection failing so is the server's failure: it raises."""
         response = self.send_now(method, path, body, head)
-        if response is None:
-            connection = await self.connect(lambda: _Connection(self))
-            self._open.add(connection)
-            response = connection.send(self._bytes(method, path, body, head), method == "HEAD")
+        if response is not None:
+            try:
+                return await response.ready()
+            except ConnectionError:
+                if response._connection._head_bytes:  # part of an answer came: the server did read it
+                    raise
+        connection = await self.connect(lambda: _Connection(self))
+        self._open.add(connection)
+        response = connection.send(self._bytes(method, path, body, head), method == "HEAD")
         return await response.ready()
 
     async def connect(self, protocol: Callable[[], P]) -> P:

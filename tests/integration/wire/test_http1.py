@@ -103,6 +103,26 @@ async def _endless_head(head: bytes, writer: asyncio.StreamWriter) -> bool:
     return False
 
 
+_answered: set[asyncio.StreamWriter] = set()
+
+
+async def _closes_when_idle(head: bytes, writer: asyncio.StreamWriter) -> bool:
+    """The first request on a connection is answered; the next finds the connection closed by the server."""
+    if writer in _answered:
+        return False  # as uvicorn's keep-alive timeout, crossing the request: not a byte of answer
+    _answered.add(writer)
+    return await _ok(head, writer)
+
+
+async def _answers_part_then_closes(head: bytes, writer: asyncio.StreamWriter) -> bool:
+    if writer in _answered:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-le")  # the server read this request: it is not sent again
+        await writer.drain()
+        return False
+    _answered.add(writer)
+    return await _ok(head, writer)
+
+
 async def _never(head: bytes, writer: asyncio.StreamWriter) -> bool:
     await asyncio.sleep(10)
     return True
@@ -191,6 +211,20 @@ def test_a_server_that_hangs_up_fails_that_request_only():
 
     handlers = {"/hang-up": _hang_up, "/cut": _cut_mid_body, "/garbage": _garbage, "/endless-head": _endless_head}
     assert _run({**handlers, "/ok": _ok}, test).connections == 5
+
+
+def test_a_kept_alive_connection_closed_under_the_request_sends_it_again_once_on_a_new_one():
+    async def test(url: str, server: Scripted) -> None:
+        client = http1.Client(url)
+        for _ in range(3):  # each on the connection the last one left idle, which the server then closes
+            assert await _get(client, "/idle-close") == (200, b"hello")
+        with pytest.raises(http1.ConnectionClosed, match="before answering"):  # a byte came: the server read it
+            await _get(client, "/part")
+        client.close()
+
+    server = _run({"/idle-close": _closes_when_idle, "/part": _answers_part_then_closes}, test)
+    assert server.connections == 3
+    assert [h.split(b" ")[1] for h in server.heads] == [b"/idle-close"] * 5 + [b"/part"]
 
 
 def test_an_abandoned_response_closes_its_connection():
