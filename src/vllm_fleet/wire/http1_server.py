@@ -241,6 +241,7 @@ class _Connection(asyncio.Protocol):
         self.last_read = 0.0  # when the client last sent something
         self._in_head = True  # the next bytes are a request's head (or the start of one)
         self._head_bytes = 0  # of the head being read (at most its size: see data_received)
+        self._head_size = 0  # of the URL and header fields parsed so far: the head's size, less its framing
         self._head_began = 0.0
         self._queued_bytes = 0  # of the bodies of the requests in _ready
         self._reading_paused = False  # by _queue, for requests waiting for their answers
@@ -276,7 +277,10 @@ class _Connection(asyncio.Protocol):
             self._refuse(400, f"not an HTTP/1.1 request: {exc}")
             return
         if self._in_head and self._head_bytes > self._server.max_head_bytes:
-            self._refuse(431, f"the request's line and headers are larger than {self._server.max_head_bytes} bytes")
+            self._refuse(431, self._too_big())
+
+    def _too_big(self) -> str:
+        return f"the request's line and headers are larger than {self._server.max_head_bytes} bytes"
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -301,15 +305,18 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._parsing = Request(self, "", "", "1.1")
         self._head_began = self.last_read
+        self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
         assert self._parsing is not None
         self._parsing.path_qs += url.decode("latin-1")  # a long URL may come in pieces
+        self._head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self._parsing
         assert request is not None
         key, text = name.decode("latin-1"), value.decode("latin-1")
+        self._head_size += len(key) + len(text)
         request.raw_headers.append((key, text))
         low = key.lower()
         before = request.headers.get(low)
@@ -319,6 +326,11 @@ class _Connection(asyncio.Protocol):
         request = self._parsing
         assert request is not None
         self._in_head, self._head_bytes = False, 0
+        if self._ignore_input:  # a request after one refused in the same read: it gets no answer, nor a 100
+            return
+        if self._head_size > self._server.max_head_bytes:  # a head that came whole in one read: too big all the same
+            self._refuse(431, self._too_big())
+            return
         request.method = self._parser.get_method().decode("latin-1")
         request.version = self._parser.get_http_version()
         limit = self._server.max_body_bytes
@@ -380,6 +392,8 @@ class _Connection(asyncio.Protocol):
 
     def _refuse(self, status: int, why: str) -> None:
         """Bytes that are no request (or not in time): answer if nothing else is pending, then close."""
+        if self._ignore_input:  # refused (or switched, or oversize) already
+            return
         log.info("%s: %d: %s", self.remote, status, why)
         self._ignore_input = True
         self._parsing = None

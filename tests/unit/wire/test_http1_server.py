@@ -509,6 +509,21 @@ def test_an_endless_head_gets_a_431_and_a_close_and_the_server_goes_on(opening: 
     assert [r.path for r in called] == ["/next"]
 
 
+def test_a_head_over_the_limit_that_comes_whole_in_one_read_gets_the_431_too() -> None:
+    called, handler = recording()
+    big = get("/big", b"X-Big: " + b"b" * (70 * 1024) + b"\r\n")
+
+    async def body() -> None:
+        async with serving(handler, max_head_bytes=64 * 1024) as harness:
+            client = await harness.connect()
+            client.send(big + get("/after", b"Expect: 100-continue\r\n"))  # one write: the server reads it at once
+            text = refused(await client.rest(), b"431 Request Header Fields Too Large")
+            assert text == b"the request's line and headers are larger than 65536 bytes"
+
+    run(body)
+    assert called == []  # nor the request after it, pipelined behind it
+
+
 def test_heads_below_the_limit_pass_though_many_come_in_one_read() -> None:
     called, handler = recording()
     near = b"X-Near: " + b"n" * (60 * 1024) + b"\r\n"  # one head just under the limit
