@@ -43,15 +43,16 @@ def hash64(text: str) -> int:
 
 def backend_url(url: str) -> str:
     """``url`` as the pool keys it (no trailing slash); ValueError naming the fix when it is not a server's root."""
-    parts = urlsplit(url.strip())
+    given = url.strip()
+    parts = urlsplit(given)
     try:
         port_ok = parts.port is None or parts.port > 0  # a port that is not a number raises
     except ValueError:
         port_ok = False
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.query or parts.fragment:
-        root = url.strip().split("//")[-1].split("/")[0] or "HOST:PORT"
+        root = given.split("//")[-1].split("/")[0] or "HOST:PORT"
         raise ValueError(f"{url!r} is not a backend URL: give a server's root, such as http://{root}")
-    return url.strip().rstrip("/")
+    return given.rstrip("/")
 
 
 @dataclass(eq=False, slots=True)

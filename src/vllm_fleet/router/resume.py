@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from vllm_fleet.wire.sse import CRLF_END, DONE, LF_END, SSEDecoder, event_end
+from vllm_fleet.wire.sse import DONE, EVENT_ENDS, SSEDecoder, event_end
 
 MAX_HELD = 1024 * 1024  # a torn event held back longer than this: not SSE; passed on as it comes, not continued
 
@@ -56,7 +56,7 @@ class Transcript:
         sent, keep = self._sent, self.whole_events
 
         def sink(data: bytes) -> bool:
-            if not self._held and (data.endswith(LF_END) or data.endswith(CRLF_END)):
+            if not self._held and data.endswith(EVENT_ENDS):
                 sent.append(data)
                 return write(data)
             return write(keep(data))
@@ -128,7 +128,7 @@ def without_role_event(events: bytes) -> bytes:
     """``events`` less a leading role-only event (``delta: {role, content: ""}``): the client has had one."""
     end = event_end(events, last=False)
     decoder = SSEDecoder()
-    first = [*decoder.feed(events[:end] if end >= 0 else events), *decoder.close()][:1]
+    first = decoder.feed(events[:end]) if end >= 0 else decoder.feed(events) + decoder.close()
     try:
         choices = json.loads(first[0]).get("choices") or [{}]
     except (IndexError, ValueError):

@@ -13,14 +13,14 @@ from collections.abc import AsyncIterable, AsyncIterator
 DONE = b"[DONE]"
 # An event ends at a blank line, and lines end in LF or CRLF (vLLM's in LF, sse-starlette's in CRLF): a blank line
 # follows a line's LF as LF or as CRLF.
-LF_END, CRLF_END = b"\n\n", b"\n\r\n"
+EVENT_ENDS = (b"\n\n", b"\n\r\n")
 
 
 def event_end(data: bytes, last: bool = True) -> int:
     """Where the last (or the first) whole event in ``data`` ends, without decoding any; -1 when none does
     (what a proxy forwarding whole events only needs)."""
     find = data.rfind if last else data.find
-    ends = [i + len(mark) for mark in (LF_END, CRLF_END) if (i := find(mark)) >= 0]
+    ends = [i + len(mark) for mark in EVENT_ENDS if (i := find(mark)) >= 0]
     return (max(ends) if last else min(ends)) if ends else -1
 
 

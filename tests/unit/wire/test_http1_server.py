@@ -443,6 +443,16 @@ def test_a_body_at_the_limit_is_accepted(sent: bytes) -> None:
 # --- bad input --------------------------------------------------------------------------------------------
 
 
+def refused(raw: bytes, status: bytes) -> bytes:
+    """The reason the server gave in a refusal with ``status`` (its head checked whole)."""
+    head, _, text = masked(raw).partition(b"\r\n\r\n")
+    assert head == (
+        b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\nDate: <date>"
+        % (status, len(text))
+    ), raw
+    return text
+
+
 @pytest.mark.parametrize(
     "sent",
     [
@@ -460,26 +470,11 @@ def test_malformed_bytes_get_a_400_and_a_close(sent: bytes) -> None:
         async with serving(handler) as harness:
             client = await harness.connect()
             client.send(sent)
-            raw = masked(await client.rest())
-            head, _, text = raw.partition(b"\r\n\r\n")
-            assert head == (
-                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                b"Connection: close\r\nDate: <date>" % len(text)
-            )
+            text = refused(await client.rest(), b"400 Bad Request")
             assert text.startswith(b"not an HTTP/1.1 request: "), text
 
     run(body)
     assert called == []
-
-
-def refused(raw: bytes, status: bytes) -> bytes:
-    """The reason the server gave in a refusal with ``status`` (its head checked whole)."""
-    head, _, text = masked(raw).partition(b"\r\n\r\n")
-    assert head == (
-        b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\nDate: <date>"
-        % (status, len(text))
-    ), raw
-    return text
 
 
 @pytest.mark.parametrize(
