@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from vllm_fleet.errors import SpecError
 from vllm_fleet.registry.base import Registry
-from vllm_fleet.registry.records import Deployment, KeyLimits, Route, Spend
+from vllm_fleet.registry.records import Deployment, KeyLimits, Route
 
 __all__ = [
     "REGISTRY_ENV",
@@ -25,7 +25,6 @@ __all__ = [
     "KeyLimits",
     "Registry",
     "Route",
-    "Spend",
     "default_cache_root",
     "default_registry_url",
     "open_registry",

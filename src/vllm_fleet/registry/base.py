@@ -12,19 +12,20 @@ import re
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from functools import lru_cache
 from types import TracebackType
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from vllm_fleet.errors import RegistryError, SpecError
+from vllm_fleet.registry.limits import Allowance, Buckets
 from vllm_fleet.registry.migrations import LATEST, MIGRATIONS, SCHEMA_VERSION_TABLE
-from vllm_fleet.registry.records import Deployment, KeyLimits, Route, Spend, merge_routes
+from vllm_fleet.registry.records import Deployment, KeyLimits, Route, merge_routes
 
 SECRET_PREFIX = "vf-"
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
-SPEND_STALE_S = 600.0  # a replica whose spend was not updated for this long is gone: its rows are dropped
+T = TypeVar("T")
 
 
 class Session(Protocol):
@@ -227,6 +228,7 @@ class Registry(ABC):
             if not await session.fetch("SELECT 1 FROM api_keys WHERE name = ?", name):
                 return False
             await session.execute("DELETE FROM api_keys WHERE name = ?", name)
+            await session.execute("DELETE FROM key_buckets WHERE key_name = ?", name)  # a new key starts full
             return True
 
     async def keys(self) -> list[KeyLimits]:
@@ -235,30 +237,34 @@ class Registry(ABC):
             rows = await session.fetch("SELECT name, requests_per_min, tokens_per_min FROM api_keys ORDER BY name")
         return [KeyLimits(*row) for row in rows]
 
-    # --- spend shared by router replicas -----------------------------------------------------
+    # --- the keys' buckets, which router replicas take leases from ---------------------------
 
-    async def share_spend(
-        self, replica: str, spent: Mapping[str, tuple[float, float]], stale_after_s: float = SPEND_STALE_S
-    ) -> list[Spend]:
-        """Record ``replica``'s spend so far per key name, ``(requests, tokens)`` since it started; drop the
-        rows of replicas silent for ``stale_after_s``; return every other replica's spend so far."""
-        now = time.time()
+    async def take_allowance(
+        self, limits: KeyLimits, want: Allowance, need: Allowance, now: float | None = None
+    ) -> tuple[Allowance, float]:
+        """Take a lease of up to ``want`` from key ``limits.name``'s buckets if at least ``need`` is there:
+        (the lease, 0.0); else (nothing, seconds until ``need`` would be). Atomic across router replicas."""
+        return await self._buckets(limits, now, lambda buckets, at: buckets.take(limits, want, need, at))
+
+    async def give_allowance(self, limits: KeyLimits, amount: Allowance, now: float | None = None) -> None:
+        """Put a lease's unused part back into key ``limits.name``'s buckets."""
+        await self._buckets(limits, now, lambda buckets, at: buckets.give(limits, amount, at))
+
+    async def _buckets(self, limits: KeyLimits, now: float | None, change: Callable[[Buckets, float], T]) -> T:
+        now = time.time() if now is None else now  # wall clock: the replicas share it (within NTP's error)
         async with self._session(write=True) as session:
-            for key_name, (requests, tokens) in spent.items():
-                await session.execute(
-                    "INSERT INTO key_spend (replica, key_name, requests, tokens, updated_at) VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT (replica, key_name) DO UPDATE SET requests = excluded.requests,"
-                    " tokens = excluded.tokens, updated_at = excluded.updated_at",
-                    replica,
-                    key_name,
-                    float(requests),
-                    float(tokens),
-                    now,
-                )
-            await session.execute("DELETE FROM key_spend WHERE updated_at < ?", now - stale_after_s)
-            rows = await session.fetch(
-                "SELECT replica, key_name, requests, tokens FROM key_spend WHERE replica <> ?"
-                " ORDER BY replica, key_name",
-                replica,
+            await self._serialize(session, f"key-buckets:{limits.name}")
+            sql = "SELECT requests, tokens, stamp FROM key_buckets WHERE key_name = ?"
+            rows = await session.fetch(sql, limits.name)
+            buckets = Buckets(*rows[0]) if rows else Buckets.full(limits, now)
+            out = change(buckets, now)
+            await session.execute(
+                "INSERT INTO key_buckets (key_name, requests, tokens, stamp) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key_name) DO UPDATE SET requests = excluded.requests,"
+                " tokens = excluded.tokens, stamp = excluded.stamp",
+                limits.name,
+                buckets.requests,
+                buckets.tokens,
+                buckets.stamp,
             )
-        return [Spend(*row) for row in rows]
+        return out

@@ -1,40 +1,94 @@
-"""Per-key request and token limits, in memory, for the router: two token buckets per API key.
+"""Per-key request and token limits: a key's two token buckets, and the leases router replicas take from them.
 
 A bucket holds a minute's allowance and refills continuously (limit / 60 per second), so a key may
 burst up to its per-minute limit and then runs at its rate. A request is charged its estimated
-tokens up front; ``charge`` settles the difference once the response says what it used. A
-request larger than the whole per-minute allowance is let through when the bucket is full and
-leaves it in debt, rather than being refused forever.
+tokens (the prompt's and its ``max_tokens``) up front. A request larger than the whole per-minute
+allowance is let through when the bucket is full and leaves it in debt, rather than being refused forever.
 
-Several router replicas keep the request path free of shared state: each counts in its own buckets,
-keeps a total of what it charged each key (``spent``, what changed since the last report in
-``report``), and takes what the other replicas charged from its own buckets (``debit``) when they
-share their totals through the registry (``router/access.py``, every second). A key's use on any
-replica so counts on every one within that second, however the requests are spread: by a Service
-that balances connections, not requests, a client on one keep-alive connection meets one replica.
+The buckets live in the registry (``Registry.take_allowance``), one pair per key, shared by every
+router replica. A replica does not ask the registry for each request: it takes a lease, the
+allowance of about a second of the key's rate (at least what the request needs), keeps it in a
+``Wallet`` and spends from that with no I/O; the next request that finds the wallet short takes
+the next lease. A lease is taken from the buckets atomically, so what all the replicas admit
+together never passes a key's limits, however its requests are spread, a burst sent to every
+replica at once included; and a client on one replica (a Service balances connections, not
+requests) still has the key's whole allowance. What a wallet holds unused is given back once the
+key goes quiet on that replica, so it is not kept from the others.
 
-Pure: the caller passes ``now`` (``time.monotonic()``), so tests drive a fake clock.
+Pure: the caller passes ``now`` (a clock shared by the replicas: ``time.time()``), so tests drive a fake clock.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterable
+import math
 from dataclasses import dataclass
 
 from vllm_fleet.registry.records import KeyLimits
 
 WINDOW_S = 60.0
-SWEEP_EVERY_S = 60.0  # how often keys whose buckets have refilled are forgotten
-MAX_KEYS = 100_000  # beyond this, the least recently used key is forgotten (and its debt forgiven)
+LEASE_S = 1.0  # a lease is this many seconds of the key's rate: one registry round trip per second per key
+IDLE_S = 2.0  # a wallet unused this long is given back
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """An amount of a key's allowance: requests and tokens."""
+
+    requests: float = 0.0
+    tokens: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.requests > 0 or self.tokens > 0
+
+
+NOTHING = Allowance()
+
+
+def limited(limits: KeyLimits) -> bool:
+    return limits.requests_per_min is not None or limits.tokens_per_min is not None
 
 
 @dataclass
-class _Buckets:
+class Buckets:
+    """A key's two token buckets (the level of an unlimited one stays 0)."""
+
     requests: float
     tokens: float
     stamp: float
-    full_at: float = 0.0  # when both buckets are full again: from then on the state equals a fresh one
+
+    @classmethod
+    def full(cls, limits: KeyLimits, now: float) -> Buckets:
+        return cls(float(limits.requests_per_min or 0), float(limits.tokens_per_min or 0), now)
+
+    def take(self, limits: KeyLimits, want: Allowance, need: Allowance, now: float) -> tuple[Allowance, float]:
+        """Take up to ``want`` if at least ``need`` is there: (what was taken, 0.0); else nothing is taken:
+        (``NOTHING``, the seconds until ``need`` would be). A need larger than the whole minute waits for a
+        full bucket only, and takes it into debt."""
+        self._refill(limits, now)
+        pairs = ((self.requests, limits.requests_per_min, want.requests, need.requests),
+                 (self.tokens, limits.tokens_per_min, want.tokens, need.tokens))  # fmt: skip
+        wait = max(_wait(level, min(needed, limit), limit) for level, limit, _, needed in pairs if limit is not None)
+        if wait > 0:
+            return NOTHING, wait
+        # Whole requests and tokens only: a wallet never holds a fraction no request can use.
+        requests, tokens = (
+            max(needed, math.floor(min(wanted, level))) if limit else 0.0 for level, limit, wanted, needed in pairs
+        )
+        self.requests -= requests
+        self.tokens = max(-float(limits.tokens_per_min or 0), self.tokens - tokens)  # debt: two minutes' wait at most
+        return Allowance(requests, tokens), 0.0
+
+    def give(self, limits: KeyLimits, amount: Allowance, now: float) -> None:
+        """Put an unused lease back (never past a full bucket)."""
+        self._refill(limits, now)
+        self.requests = min(float(limits.requests_per_min or 0), self.requests + amount.requests)
+        self.tokens = min(float(limits.tokens_per_min or 0), self.tokens + amount.tokens)
+
+    def _refill(self, limits: KeyLimits, now: float) -> None:
+        elapsed = max(0.0, now - self.stamp)  # a clock stepping back (or a replica's clock behind) refills nothing
+        self.requests = _refilled(self.requests, limits.requests_per_min, elapsed)
+        self.tokens = _refilled(self.tokens, limits.tokens_per_min, elapsed)
+        self.stamp = max(self.stamp, now)
 
 
 def _refilled(level: float, limit: int | None, elapsed: float) -> float:
@@ -43,119 +97,56 @@ def _refilled(level: float, limit: int | None, elapsed: float) -> float:
     return min(float(limit), level + elapsed * limit / WINDOW_S)
 
 
-def _bounded(level: float, limit: int) -> float:
-    return max(-float(limit), min(float(limit), level))
-
-
-def _wait(level: float, need: float, limit: int | None) -> float:
+def _wait(level: float, need: float, limit: int) -> float:
     """Seconds until ``level`` reaches ``need`` at ``limit`` per minute (0: now)."""
-    if limit is None or level >= need:
-        return 0.0
-    return (need - level) * WINDOW_S / limit
+    return 0.0 if level >= need else (need - level) * WINDOW_S / limit
 
 
-class Limiter:
-    """Requests/min and tokens/min per API key, with memory bounded by ``max_keys``."""
+@dataclass
+class Wallet:
+    """What one replica holds of a key's allowance, and when it last spent from it."""
 
-    def __init__(self, max_keys: int = MAX_KEYS):
-        self.max_keys = max_keys
-        self._keys: OrderedDict[str, _Buckets] = OrderedDict()
-        self._swept = float("-inf")
-        self.spent: dict[str, tuple[float, float]] = {}  # key name: (requests, tokens) charged here in all
-        self._changed: set[str] = set()  # keys whose spend changed since the last report
+    limits: KeyLimits
+    requests: float = 0.0
+    tokens: float = 0.0
+    used_at: float = 0.0
+    retry_at: float = 0.0  # a request refused: when the buckets will have had what it needed
+    quiet_until: float = 0.0  # until then, the key's requests here are refused without asking the buckets again
 
-    def __len__(self) -> int:
-        """How many keys are remembered (those with a bucket not yet refilled)."""
-        return len(self._keys)
+    def spend(self, tokens: int, now: float) -> bool:
+        """Charge one request of ``tokens`` if the wallet holds it (an unlimited bucket needs nothing)."""
+        rpm, tpm = self.limits.requests_per_min, self.limits.tokens_per_min
+        if (rpm is not None and self.requests < 1) or (tpm is not None and self.tokens < tokens):
+            return False
+        if rpm is not None:
+            self.requests -= 1
+        if tpm is not None:
+            self.tokens -= tokens
+        self.used_at = now
+        return True
 
-    def check(self, key_name: str, limits: KeyLimits, tokens: int, now: float) -> float | None:
-        """Admit a request of ``tokens`` (estimated) for ``key_name``: None if allowed (and charged),
-        else the seconds after which it would be (a Retry-After; nothing is charged)."""
-        if limits.requests_per_min is None and limits.tokens_per_min is None:
-            return None
-        self._sweep(now)
-        buckets = self._refresh(key_name, limits, now)
-        tokens = max(tokens, 0)
-        need_tokens = min(tokens, limits.tokens_per_min or 0)  # a huge request waits for a full bucket only
-        wait = max(
-            _wait(buckets.requests, 1.0, limits.requests_per_min),
-            _wait(buckets.tokens, need_tokens, limits.tokens_per_min),
-        )
-        if wait > 0:
-            return wait
-        if limits.requests_per_min is not None:
-            buckets.requests -= 1
-        if limits.tokens_per_min is not None:
-            buckets.tokens -= tokens
-        self._settle(buckets, limits)
-        self._spend(key_name, 1, tokens)
-        return None
+    def lease(self, tokens: int) -> tuple[Allowance, Allowance]:
+        """(want, need): the lease to ask for, and the least of it one more request of ``tokens`` needs."""
+        rpm, tpm = self.limits.requests_per_min, self.limits.tokens_per_min
+        need = Allowance(max(0.0, 1 - self.requests) if rpm else 0.0, max(0.0, tokens - self.tokens) if tpm else 0.0)
+        ahead = [(limit or 0) * LEASE_S // WINDOW_S for limit in (rpm, tpm)]
+        return Allowance(need.requests + ahead[0], need.tokens + ahead[1]), need
 
-    def debit(self, key_name: str, limits: KeyLimits, requests: float, tokens: float, now: float) -> None:
-        """What another replica charged ``key_name`` since the last debit, taken from this replica's buckets too.
-        They may go into debt, down to one window's allowance (this replica's next requests for the key then
-        wait for the refill, two minutes at most)."""
-        if limits.requests_per_min is None and limits.tokens_per_min is None:
-            return
-        buckets = self._refresh(key_name, limits, now)
-        if limits.requests_per_min is not None:
-            buckets.requests = _bounded(buckets.requests - requests, limits.requests_per_min)
-        if limits.tokens_per_min is not None:
-            buckets.tokens = _bounded(buckets.tokens - tokens, limits.tokens_per_min)
-        self._settle(buckets, limits)
+    def refuse(self, wait: float, now: float) -> None:
+        """The buckets had not what a request needed: refuse the key's next requests here, for up to a lease's
+        span, without asking them again (a client past its limit must not turn each request into a registry
+        write)."""
+        self.retry_at, self.quiet_until = now + wait, now + min(wait, LEASE_S)
 
-    def report(self, everything: bool = False) -> dict[str, tuple[float, float]]:
-        """The totals of the keys whose spend changed since the last report (``everything``: of all keys)."""
-        names = self.spent if everything else self._changed
-        out = {name: self.spent[name] for name in names}
-        self._changed = set()
-        return out
+    def refused(self, now: float) -> float | None:
+        """The seconds to wait, while requests are refused without asking; else None."""
+        return self.retry_at - now if now < self.quiet_until else None
 
-    def unreported(self, names: Iterable[str]) -> None:
-        """A report did not reach the others: send these again with the next one."""
-        self._changed.update(names)
+    def receive(self, amount: Allowance) -> None:
+        self.requests += amount.requests
+        self.tokens += amount.tokens
 
-    def _spend(self, key_name: str, requests: float, tokens: float) -> None:
-        before = self.spent.get(key_name, (0.0, 0.0))
-        self.spent[key_name] = (before[0] + requests, before[1] + tokens)
-        self._changed.add(key_name)
-
-    def charge(self, key_name: str, limits: KeyLimits, tokens: int, now: float) -> None:
-        """Settle a request's tokens after the fact: ``tokens`` more used than estimated (negative: fewer)."""
-        if limits.tokens_per_min is None:
-            return
-        buckets = self._refresh(key_name, limits, now)
-        buckets.tokens = min(float(limits.tokens_per_min), buckets.tokens - tokens)
-        self._settle(buckets, limits)
-        self._spend(key_name, 0, tokens)
-
-    def _refresh(self, key_name: str, limits: KeyLimits, now: float) -> _Buckets:
-        buckets = self._keys.get(key_name)
-        if buckets is None:
-            buckets = _Buckets(float(limits.requests_per_min or 0), float(limits.tokens_per_min or 0), now)
-            self._keys[key_name] = buckets
-            while len(self._keys) > self.max_keys:
-                self._keys.popitem(last=False)
-        else:
-            self._keys.move_to_end(key_name)
-            elapsed = max(0.0, now - buckets.stamp)  # a clock stepping back refills nothing
-            buckets.requests = _refilled(buckets.requests, limits.requests_per_min, elapsed)
-            buckets.tokens = _refilled(buckets.tokens, limits.tokens_per_min, elapsed)
-            buckets.stamp = max(buckets.stamp, now)
-        return buckets
-
-    @staticmethod
-    def _settle(buckets: _Buckets, limits: KeyLimits) -> None:
-        refill = max(
-            _wait(buckets.requests, float(limits.requests_per_min or 0), limits.requests_per_min),
-            _wait(buckets.tokens, float(limits.tokens_per_min or 0), limits.tokens_per_min),
-        )
-        buckets.full_at = buckets.stamp + refill
-
-    def _sweep(self, now: float) -> None:
-        """Forget keys whose buckets are full again (a fresh state would be the same): memory stays bounded."""
-        if now - self._swept < SWEEP_EVERY_S:
-            return
-        self._swept = now
-        for name in [name for name, buckets in self._keys.items() if buckets.full_at <= now]:
-            del self._keys[name]
+    def empty(self) -> Allowance:
+        """All it holds, taken out (to give back)."""
+        held, self.requests, self.tokens = Allowance(self.requests, self.tokens), 0.0, 0.0
+        return held

@@ -79,6 +79,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             " PRIMARY KEY (replica, key_name))",
         ),
     ),
+    Migration(
+        4,
+        "one pair of token buckets per API key, which the router replicas take leases from (replaces key_spend)",
+        (
+            "CREATE TABLE key_buckets ("
+            " key_name TEXT PRIMARY KEY,"
+            " requests DOUBLE PRECISION NOT NULL,"
+            " tokens DOUBLE PRECISION NOT NULL,"
+            " stamp DOUBLE PRECISION NOT NULL)",
+            "DROP TABLE key_spend",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -82,13 +82,3 @@ class KeyLimits:
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "requests_per_min": self.requests_per_min, "tokens_per_min": self.tokens_per_min}
-
-
-@dataclass(frozen=True)
-class Spend:
-    """What one router replica has charged one API key since it started (shared so limits hold across replicas)."""
-
-    replica: str
-    key_name: str
-    requests: float
-    tokens: float

@@ -2,11 +2,11 @@
 
 Several router replicas may share one registry (PostgreSQL): each re-reads it every
 ``refresh_s``, so a deployment registered by `up` becomes routable everywhere within that.
-The per-key limits are counted in each replica's memory, and every ``share_s`` the replicas
-share what they charged each key through the registry (``Registry.share_spend``): each takes the
-others' use from its own buckets, so a key's limits hold across the replicas however a Service
-spreads its requests. Between two shares a key can pass its limit by what the other replicas
-admitted meanwhile (a burst sent to N replicas in the same second: up to N times the burst).
+A key's limits are token buckets in the registry, shared by the replicas; a replica spends from a
+lease it took from them (``registry/limits.py``: about a second of the key's rate, so one registry
+round trip a second per busy key, not one per request), and gives back what it did not spend once
+the key goes quiet on it. While the registry cannot be reached, each replica limits keys on its
+own (as a lone router would: up to N times a key's limits over N replicas) and says so once.
 An API key's limits are cached for ``KEY_CACHE_S``; the cache holds hashes, never a secret.
 
 A key comes as ``Authorization: Bearer <key>``, or, on a WebSocket handshake, as the subprotocol
@@ -17,13 +17,16 @@ OpenAI's Realtime API takes from one. The offer goes on to the backend unchanged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from vllm_fleet.errors import RegistryError
+from vllm_fleet.registry.limits import IDLE_S, Allowance, Buckets, Wallet, limited
+from vllm_fleet.registry.records import KeyLimits
 from vllm_fleet.router.backends import Pool
 from vllm_fleet.router.body import RequestFacts
 from vllm_fleet.router.policies import Policy, policy
@@ -32,7 +35,8 @@ from vllm_fleet.wire.http1_server import Reply, Request
 
 log = logging.getLogger("vllm_fleet.router")
 KEY_CACHE_S = 30.0  # a deleted key stops working within this long on every router replica
-FULL_REPORT_S = 240.0  # every key's total is reported this often (else the changed ones only): rows stay fresh
+LEASE_TIMEOUT_S = 2.0  # a registry slower than this to lend is taken as away
+AWAY_RETRY_S = 5.0  # while away, the registry is asked again this often (not by every request)
 MAX_CACHED_KEYS = 10_000  # bounded: a flood of wrong keys cannot grow it
 BROWSER_KEY = "openai-insecure-api-key."  # a Sec-WebSocket-Protocol item: the key follows
 
@@ -40,42 +44,40 @@ BROWSER_KEY = "openai-insecure-api-key."  # a Sec-WebSocket-Protocol item: the k
 class RegistryLink:
     """The router's view of a registry: routes into the pool, policies per model, keys and limits."""
 
-    def __init__(
-        self, url: str, pool: Pool, static_backends: Sequence[str], refresh_s: float = 5.0, share_s: float = 1.0
-    ) -> None:
+    def __init__(self, url: str, pool: Pool, static_backends: Sequence[str], refresh_s: float = 5.0) -> None:
         self.url = url
         self.pool = pool
         self.static_backends = tuple(static_backends)
         self.refresh_s = refresh_s
-        self.share_s = share_s
-        self.replica = uuid.uuid4().hex[:16]  # this router process, in the registry's spend table
         self.policies: dict[str, Policy] = {}
         self.keys_required = False
         self._registry: Any = None
-        self._limiter: Any = None
         self._keys: dict[str, tuple[float, Any]] = {}
-        self._named: dict[str, Any] = {}  # key name: its limits, for debiting the others' use
-        self._seen: dict[tuple[str, str], tuple[float, float]] | None = None  # the others' totals at the last share
-        self._reported_all = 0.0
+        self._named: set[str] = set()  # the keys' names at the last load
+        self._wallets: dict[str, Wallet] = {}  # key name: what this replica holds of its allowance
+        self._leasing: dict[str, asyncio.Lock] = {}  # one lease in flight per key; its other requests wait for it
+        self._local: dict[str, Buckets] = {}  # the keys' buckets while the registry is away
+        self._away = False
+        self._away_until = 0.0
         self._tasks: list[asyncio.Task] = []
 
     async def open(self) -> None:
         from vllm_fleet.registry import open_registry
-        from vllm_fleet.registry.limits import Limiter
 
         self._registry = await open_registry(self.url)
-        self._limiter = Limiter()
         await self.load()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._every(self.refresh_s, self.load, "registry refresh")),
-            loop.create_task(self._every(self.share_s, self.share, "sharing the keys' spend")),
+            loop.create_task(self._every(IDLE_S, self.give_back, "giving unused key allowance back")),
         ]
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         if self._registry is not None:
+            with contextlib.suppress(Exception):  # a registry away keeps what it lent: it refills anyway
+                await asyncio.wait_for(self.give_back(idle_s=0.0), LEASE_TIMEOUT_S)
             await self._registry.close()
 
     async def load(self) -> list[str]:
@@ -85,35 +87,22 @@ class RegistryLink:
         self.pool.set_backends([*self.static_backends, *(e for r in routes for e in r.endpoints)])
         keys = await self._registry.keys()
         self.keys_required = bool(keys)
-        self._named = {k.name: k for k in keys}
+        self._named = {k.name for k in keys}
         return sorted(self.policies)
 
-    async def share(self) -> None:
-        """Report what this replica charged each key; take what the others charged since the last share."""
-        if not self.keys_required:
-            return
-        now = time.monotonic()
-        everything = now - self._reported_all >= FULL_REPORT_S  # so a live replica's rows never look stale
-        report = self._limiter.report(everything)
-        try:
-            others = await self._registry.share_spend(self.replica, report)
-        except BaseException:
-            self._limiter.unreported(report)
-            raise
-        if everything:
-            self._reported_all = now
-        seen, first = self._seen or {}, self._seen is None
-        self._seen = {}
-        for spend in others:
-            pair = (spend.replica, spend.key_name)
-            self._seen[pair] = (spend.requests, spend.tokens)
-            limits = self._named.get(spend.key_name)
-            if first or limits is None:  # at this replica's first share: what the others spent is the past
+    async def give_back(self, idle_s: float = IDLE_S) -> None:
+        """Give what the wallets unused for ``idle_s`` hold back to their keys' buckets, for the other replicas."""
+        if self._away:
+            return  # it was lent by this replica's own buckets, or will be spent here
+        now = time.time()
+        for name, wallet in list(self._wallets.items()):
+            if now - wallet.used_at < idle_s or self._leasing[name].locked():
                 continue
-            # A pair not seen before is a replica's first use of the key since the last share: all of it is
-            # new (or, rarely, a replica back after its rows went stale: the debit's floor bounds that).
-            requests, tokens = seen.get(pair, (0.0, 0.0))
-            self._limiter.debit(spend.key_name, limits, spend.requests - requests, spend.tokens - tokens, now)
+            held = wallet.empty()
+            if name not in self._named:  # a key deleted (or not yet seen by load): nothing here to keep
+                del self._wallets[name], self._leasing[name]
+            if held:
+                await self._registry.give_allowance(wallet.limits, held)
 
     @staticmethod
     async def _every(seconds: float, work: Callable[[], Awaitable[object]], what: str) -> None:
@@ -141,7 +130,7 @@ class RegistryLink:
         if limits is None:
             how = f" or, from a browser's WebSocket, the subprotocol `{BROWSER_KEY}<key>`" if request.upgrade else ""
             return json_error(f"a valid API key is required: `Authorization: Bearer <key>`{how}", 401, "Unauthorized")
-        wait = self._limiter.check(limits.name, limits, facts.tokens, time.monotonic())
+        wait = await self._allow(limits, facts.tokens) if limited(limits) else None
         if wait is None:
             return None
         return json_error(
@@ -150,6 +139,43 @@ class RegistryLink:
             "RateLimitError",
             **{"Retry-After": str(max(1, round(wait)))},
         )
+
+    async def _allow(self, limits: KeyLimits, tokens: int) -> float | None:
+        """None if the request may go on (charged to its key); else the seconds until it could."""
+        async with self._leasing.setdefault(limits.name, asyncio.Lock()):  # the key's requests wait for its lease
+            wallet, now = self._wallets.get(limits.name), time.time()
+            if wallet is None or wallet.limits != limits:  # new here, or the key made anew with other limits
+                wallet = self._wallets[limits.name] = Wallet(limits, used_at=now)
+            if wallet.spend(tokens, now):
+                return None
+            if (wait := wallet.refused(now)) is not None:
+                return wait
+            want, need = wallet.lease(tokens)
+            lease, wait = await self._take(limits, want, need)
+            wallet.receive(lease)
+            if wallet.spend(tokens, time.time()):
+                return None
+            wallet.refuse(wait, time.time())
+            return wait
+
+    async def _take(self, limits: KeyLimits, want: Allowance, need: Allowance) -> tuple[Allowance, float]:
+        """A lease from the key's buckets in the registry; from this replica's own while the registry is away."""
+        now = time.time()
+        if now >= self._away_until:
+            try:
+                lease = await asyncio.wait_for(self._registry.take_allowance(limits, want, need), LEASE_TIMEOUT_S)
+            except (RegistryError, TimeoutError, OSError) as exc:
+                if not self._away:
+                    log.warning("the registry lent no key allowance (%s): this replica limits keys on its own"
+                                " until it does (said once)", exc or exc.__class__.__name__)  # fmt: skip
+                self._away, self._away_until = True, now + AWAY_RETRY_S
+            else:
+                if self._away:
+                    log.warning("the registry lends key allowance again: the replicas share the keys' limits")
+                self._away, self._local = False, {}
+                return lease
+        buckets = self._local.setdefault(limits.name, Buckets.full(limits, now))
+        return buckets.take(limits, want, need, now)
 
     async def _limits(self, secret: str) -> Any:
         digest = hashlib.sha256(secret.encode()).hexdigest()

@@ -17,7 +17,6 @@ class RouterConfig:
     registry: str | None = None  # sqlite:///… or postgresql://…; None: the backends given, no keys
     registry_refresh_s: float = 5.0  # several router replicas share one registry: each re-reads it this often
     discover: str | None = None  # NAMESPACE/SERVICE:PORT: the backends are that Service's ready endpoints
-    key_share_s: float = 1.0  # router replicas on one registry share the keys' spend this often
     admin_token: str | None = None  # when set, /admin/* needs `Authorization: Bearer <token>`
     max_body_bytes: int = 32 * 1024 * 1024
     connect_timeout_s: float = 5.0

@@ -50,7 +50,7 @@ class Router:
         self.session: aiohttp.ClientSession | None = None  # the health checks' (requests go over wire.http1)
         self.proxy: Proxy | None = None
         self.registry = (
-            RegistryLink(config.registry, self.pool, config.backends, config.registry_refresh_s, config.key_share_s)
+            RegistryLink(config.registry, self.pool, config.backends, config.registry_refresh_s)
             if config.registry
             else None
         )

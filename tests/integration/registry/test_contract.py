@@ -9,7 +9,8 @@ from typing import TypeVar
 import pytest
 
 from vllm_fleet.errors import RegistryError, SpecError
-from vllm_fleet.registry import Deployment, KeyLimits, Registry, Route, Spend, open_registry
+from vllm_fleet.registry import Deployment, KeyLimits, Registry, Route, open_registry
+from vllm_fleet.registry.limits import Allowance
 from vllm_fleet.registry.migrations import LATEST
 
 pytestmark = pytest.mark.integration
@@ -139,21 +140,34 @@ def test_concurrent_registrations_from_one_registry(registry_url: str) -> None:
     assert sum(len(r.endpoints) for r in routes) == 12
 
 
-def test_router_replicas_share_their_spend_and_a_silent_replicas_rows_go(registry_url: str) -> None:
-    async def body(registry: Registry) -> tuple[list[Spend], list[Spend], list[Spend], list[Spend]]:
-        assert await registry.share_spend("a", {"team": (3, 300.0), "solo": (1, 0)}) == []
-        seen_by_b = await registry.share_spend("b", {"team": (2, 20.0)})
-        await registry.share_spend("a", {"team": (5, 310.5)})  # totals: the newer one replaces the older
-        seen_by_c = await registry.share_spend("c", {})
-        await asyncio.sleep(0.05)
-        seen_by_a = await registry.share_spend("a", {}, stale_after_s=0.02)  # b and c said nothing since
-        return seen_by_b, seen_by_c, seen_by_a, await registry.share_spend("d", {})
+def test_leases_taken_at_once_through_several_connections_never_pass_a_keys_limit(registry_url: str) -> None:
+    """Four router replicas (four connections) lease one request at a time, 40 at once each, from a key of 30 a
+    minute: 30 leases in all; given back, a lease is there again; a key deleted and created anew starts full."""
+    limits, one = KeyLimits("team", requests_per_min=30), Allowance(requests=1)
 
-    seen_by_b, seen_by_c, seen_by_a, seen_by_d = using(registry_url, body)
-    assert seen_by_b == [Spend("a", "solo", 1.0, 0.0), Spend("a", "team", 3.0, 300.0)]
-    assert seen_by_c == [Spend("a", "solo", 1.0, 0.0), Spend("a", "team", 5.0, 310.5), Spend("b", "team", 2.0, 20.0)]
-    assert seen_by_a == []  # b's row was stale; a's own rows are never its own "others"
-    assert seen_by_d == []  # and a's rows, not updated in that share, were stale too
+    async def main() -> tuple[int, float, tuple[Allowance, float], int]:
+        registries = [await open_registry(registry_url) for _ in range(4)]
+        try:
+            await registries[0].create_key("team", requests_per_min=30)
+            leases = await asyncio.gather(
+                *(r.take_allowance(limits, one, one, now=1000.0) for r in registries for _ in range(40))
+            )
+            waits = [wait for lease, wait in leases if not lease]
+            await registries[1].give_allowance(limits, Allowance(requests=2), now=1000.0)
+            after = await registries[2].take_allowance(limits, Allowance(requests=5), one, now=1000.0)
+            await registries[3].delete_key("team")
+            await registries[3].create_key("team", requests_per_min=30)
+            anew = await registries[0].take_allowance(limits, Allowance(requests=100), one, now=1000.0)
+            return len(leases) - len(waits), min(waits), after, int(anew[0].requests)
+        finally:
+            for registry in registries:
+                await registry.close()
+
+    granted, wait, after, anew = asyncio.run(main())
+    assert granted == 30
+    assert wait == pytest.approx(2.0)  # a request refills in 60 / 30 s
+    assert after == (Allowance(requests=2), 0.0)  # what was given back, no more
+    assert anew == 30
 
 
 def test_postgres_scheme_alias_and_two_replicas_sharing_one_registry(postgres_url: str) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sqlite3
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.integration.router.harness import chat, client, error_of, make_key, post, routing
@@ -99,28 +102,124 @@ def test_api_keys_from_the_registry_401_when_wrong_and_429_over_the_limit(tmp_pa
 
 
 def test_router_replicas_on_one_registry_hold_a_keys_limit_together(tmp_path: Path) -> None:
-    """Two routers on one registry, a client on each: a key's use on one counts on the other (not 1/N each,
-    which a Service balancing connections, not requests, would break)."""
+    """Two routers on one registry, a client on each: a key's use on one counts on the other at once, and a
+    client on one replica has the key's whole allowance (not 1/N of it, which a Service balancing
+    connections, not requests, would break)."""
     url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
     secret = make_key(url, "team-b", requests_per_min=5)
     with FaultServer(models=("m",)) as backend:
 
         async def body() -> None:
             async with (
-                routing(backend.url, registry=url, key_share_s=0.05) as one,
-                routing(backend.url, registry=url, key_share_s=0.05) as two,
+                routing(backend.url, registry=url) as one,
+                routing(backend.url, registry=url) as two,
                 client() as http,
             ):
-                good = {"content-type": "application/json", "authorization": f"Bearer {secret}"}
-
-                async def statuses(router: Router, n: int) -> list[int]:
-                    return [(await post(http, f"{router.url}{PATH}", chat(), headers=good))[0] for _ in range(n)]
-
-                assert await statuses(one, 3) == [200, 200, 200]
-                await asyncio.sleep(0.5)  # several shares: two has taken one's 3
-                assert await statuses(two, 3) == [200, 200, 429]
-                await asyncio.sleep(0.5)
-                assert await statuses(one, 1) == [429]  # and one, two's 2
+                assert await statuses(http, one, secret, 3) == [200, 200, 200]
+                assert await statuses(http, two, secret, 3) == [200, 200, 429]
+                assert await statuses(http, one, secret, 1) == [429]
             assert len(backend.requests(PATH)) == 5
 
         asyncio.run(body())
+
+
+def test_a_burst_sent_to_every_router_replica_at_once_gets_the_keys_limit_and_no_more(registry_url: str) -> None:
+    """Three routers, each sent 12 requests at once on a key of 12 a minute: 12 pass in all, not 12 each."""
+    secret = make_key(registry_url, "burst", requests_per_min=12)
+    with FaultServer(models=("m",)) as backend:
+
+        async def body() -> list[int]:
+            async with (
+                routing(backend.url, registry=registry_url) as one,
+                routing(backend.url, registry=registry_url) as two,
+                routing(backend.url, registry=registry_url) as three,
+                client() as http,
+            ):
+                sent = [statuses(http, router, secret, 1) for router in (one, two, three) for _ in range(12)]
+                return [status for answers in await asyncio.gather(*sent) for status in answers]
+
+        answered = asyncio.run(body())
+    assert sorted(answered) == [200] * 12 + [429] * 24
+    assert len(backend.requests(PATH)) == 12
+
+
+def test_a_registry_that_lends_no_allowance_leaves_each_replica_limiting_keys_on_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keys' buckets gone from the registry (a registry failing mid-way): requests are still served, each
+    replica counts the key alone, and the router says so once."""
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    secret = make_key(url, "team-c", requests_per_min=2)
+    with FaultServer(models=("m",)) as backend:
+
+        async def body() -> None:
+            async with routing(backend.url, registry=url) as router, client() as http:
+                with sqlite3.connect(tmp_path / "registry.sqlite") as raw:
+                    raw.execute("DROP TABLE key_buckets")
+                with caplog.at_level(logging.WARNING, "vllm_fleet.router"):
+                    assert await statuses(http, router, secret, 3) == [200, 200, 429]
+                said = [r.getMessage() for r in caplog.records if "lent no key allowance" in r.getMessage()]
+                assert len(said) == 1 and "key_buckets" in said[0]
+
+        asyncio.run(body())
+
+
+async def statuses(http: aiohttp.ClientSession, router: Router, secret: str, n: int) -> list[int]:
+    """``n`` chat requests to ``router`` with the API key ``secret``, one after another: their statuses."""
+    good = {"content-type": "application/json", "authorization": f"Bearer {secret}"}
+    return [(await post(http, f"{router.url}{PATH}", chat(), headers=good))[0] for _ in range(n)]
+
+
+def test_what_a_replica_leased_and_did_not_spend_goes_back_when_the_key_is_quiet_and_at_stop(tmp_path: Path) -> None:
+    """A lease is a second of the key's rate ahead: unspent, it goes back to the key's buckets for the others."""
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    secret = make_key(url, "team-d", requests_per_min=600)  # 10 a second: each lease holds 10 ahead
+    levels: list[tuple[float, float]] = []
+
+    def level() -> None:
+        with sqlite3.connect(tmp_path / "registry.sqlite") as raw:
+            levels.append(raw.execute("SELECT requests, stamp FROM key_buckets").fetchone())
+
+    with FaultServer(models=("m",)) as backend:
+
+        async def body() -> None:
+            async with (
+                client() as http,
+                routing(backend.url, registry=url) as one,
+                routing(backend.url, registry=url) as two,
+            ):
+                await statuses(http, one, secret, 1)
+                await statuses(http, two, secret, 1)
+                level()
+                assert one.registry is not None
+                await one.registry.give_back(idle_s=0.0)  # as after IDLE_S without a request for the key
+                level()
+            level()
+
+        asyncio.run(body())
+    (leased, at), (given, given_at), (stopped, stopped_at) = levels
+    assert leased == pytest.approx(600 - 22, abs=0.5)  # two leases of 1 + 10 (less a few ms of refill)
+    assert given == pytest.approx(leased + (given_at - at) * 10 + 10)  # one's 10 back
+    assert stopped == pytest.approx(given + (stopped_at - given_at) * 10 + 10)  # two's 10, as it stopped
+
+
+def test_a_client_past_its_limit_does_not_make_each_request_a_registry_write(tmp_path: Path) -> None:
+    """Refused once, the key's requests are refused here without asking the registry again for up to a second."""
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    secret = make_key(url, "team-e", requests_per_min=2)
+
+    def stamp() -> float:
+        with sqlite3.connect(tmp_path / "registry.sqlite") as raw:
+            return raw.execute("SELECT stamp FROM key_buckets").fetchone()[0]
+
+    with FaultServer(models=("m",)) as backend:
+
+        async def body() -> tuple[float, float]:
+            async with routing(backend.url, registry=url) as router, client() as http:
+                assert await statuses(http, router, secret, 3) == [200, 200, 429]
+                first = stamp()
+                assert set(await statuses(http, router, secret, 30)) == {429}
+                return first, stamp()
+
+        first, last = asyncio.run(body())
+    assert last == first  # no take since the first refusal

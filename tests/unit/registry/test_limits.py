@@ -1,137 +1,119 @@
-"""The per-key limiter on a fake clock: limits reached give a Retry-After, time passing lets requests in again."""
+"""A key's buckets and a replica's wallet on a fake clock: limits reached give a wait, time lets requests in again,
+and leases taken by several replicas never add up to more than the key's limits."""
 
 from __future__ import annotations
 
 import pytest
 
 from vllm_fleet.registry import KeyLimits
-from vllm_fleet.registry.limits import SWEEP_EVERY_S, Limiter
+from vllm_fleet.registry.limits import NOTHING, Allowance, Buckets, Wallet
 
 RPM = KeyLimits("k", requests_per_min=3)
 TPM = KeyLimits("k", tokens_per_min=600)
+ONE = Allowance(requests=1)
 
 
-def test_unlimited_keys_are_always_allowed_and_not_remembered() -> None:
-    limiter = Limiter()
-    assert all(limiter.check("k", KeyLimits("k"), 10**9, now=0.0) is None for _ in range(1000))
-    assert len(limiter) == 0
+def admitted(buckets: Buckets, wallet: Wallet, tokens: int, now: float) -> float | None:
+    """One request through a wallet leasing from ``buckets``, as the router does: None if let in, else the wait."""
+    if wallet.spend(tokens, now):
+        return None
+    want, need = wallet.lease(tokens)
+    lease, wait = buckets.take(wallet.limits, want, need, now)
+    wallet.receive(lease)
+    return None if wallet.spend(tokens, now) else wait
 
 
-def test_requests_per_minute_burst_then_retry_after() -> None:
-    limiter = Limiter()
-    assert [limiter.check("k", RPM, 0, now=0.0) for _ in range(3)] == [None, None, None]
-    wait = limiter.check("k", RPM, 0, now=0.0)
-    assert wait == pytest.approx(20.0)  # one request refills in 60 / 3 s
-    assert limiter.check("k", RPM, 0, now=19.9) == pytest.approx(0.1)
-    assert limiter.check("k", RPM, 0, now=20.0) is None  # the window passed: allowed again
-    assert limiter.check("k", RPM, 0, now=20.0) is not None
+def test_requests_per_minute_burst_then_a_wait_and_a_refusal_costs_nothing() -> None:
+    buckets = Buckets.full(RPM, 0.0)
+    assert [buckets.take(RPM, ONE, ONE, 0.0) for _ in range(3)] == [(ONE, 0.0)] * 3
+    assert buckets.take(RPM, ONE, ONE, 0.0) == (NOTHING, pytest.approx(20.0))  # one request refills in 60 / 3 s
+    assert buckets.take(RPM, ONE, ONE, 19.9) == (NOTHING, pytest.approx(0.1))
+    assert buckets.take(RPM, ONE, ONE, 20.0) == (ONE, 0.0)  # the refusals took nothing
+    assert buckets.take(RPM, ONE, ONE, 20.0)[0] is NOTHING
 
 
-def test_a_refused_request_is_not_charged() -> None:
-    limiter = Limiter()
-    for _ in range(3):
-        limiter.check("k", RPM, 0, now=0.0)
-    for t in (1.0, 2.0, 3.0):
-        assert limiter.check("k", RPM, 0, now=t) is not None
-    assert limiter.check("k", RPM, 0, now=20.0) is None
+def test_a_lease_takes_what_it_wants_up_to_what_is_there_if_its_need_is() -> None:
+    buckets = Buckets.full(RPM, 0.0)
+    assert buckets.take(RPM, Allowance(requests=2), ONE, 0.0) == (Allowance(requests=2), 0.0)
+    assert buckets.take(RPM, Allowance(requests=2), Allowance(requests=2), 0.0) == (NOTHING, pytest.approx(20.0))
+    assert buckets.take(RPM, Allowance(requests=2), ONE, 0.0) == (ONE, 0.0)  # the one left
 
 
-def test_tokens_per_minute() -> None:
-    limiter = Limiter()
-    assert limiter.check("k", TPM, 500, now=0.0) is None
-    wait = limiter.check("k", TPM, 200, now=0.0)
-    assert wait == pytest.approx(10.0)  # 100 tokens short at 10 tokens/s
-    assert limiter.check("k", TPM, 200, now=10.0) is None
+def test_tokens_per_minute_and_a_request_larger_than_the_minute_waits_for_a_full_bucket_into_debt() -> None:
+    buckets = Buckets.full(TPM, 0.0)
+    assert buckets.take(TPM, Allowance(tokens=500), Allowance(tokens=500), 0.0)[1] == 0.0
+    assert buckets.take(TPM, Allowance(tokens=200), Allowance(tokens=200), 0.0)[1] == pytest.approx(10.0)
+    assert buckets.take(TPM, Allowance(tokens=5000), Allowance(tokens=5000), 0.0)[1] == pytest.approx(50.0)
+    assert buckets.take(TPM, Allowance(tokens=5000), Allowance(tokens=5000), 50.0) == (Allowance(tokens=5000), 0.0)
+    # The debt is at most a minute's allowance (the estimate is never settled): a full bucket 2 minutes on.
+    assert buckets.take(TPM, Allowance(tokens=600), Allowance(tokens=600), 50.0)[1] == pytest.approx(120.0)
 
 
-def test_a_request_larger_than_the_minute_waits_for_a_full_bucket_and_leaves_debt() -> None:
-    limiter = Limiter()
-    assert limiter.check("k", TPM, 100, now=0.0) is None
-    assert limiter.check("k", TPM, 5000, now=0.0) == pytest.approx(10.0)  # needs a full bucket, not 5000
-    assert limiter.check("k", TPM, 5000, now=10.0) is None
-    assert limiter.check("k", TPM, 1, now=10.0) == pytest.approx((4400 + 1) / 10)  # 4400 in debt
-
-
-def test_charge_settles_the_tokens_a_response_really_used() -> None:
-    limiter = Limiter()
-    assert limiter.check("k", TPM, 100, now=0.0) is None
-    limiter.charge("k", TPM, 500, now=0.0)  # the completion used 500 more
-    assert limiter.check("k", TPM, 100, now=0.0) == pytest.approx(10.0)
-    limiter.charge("k", TPM, -10_000, now=0.0)  # a refund never fills past the bucket
-    assert limiter.check("k", TPM, 600, now=0.0) is None
-
-
-def test_both_limits_apply_and_the_longer_wait_is_reported() -> None:
+def test_both_limits_apply_the_longer_wait_is_reported_and_nothing_is_taken_from_either() -> None:
     both = KeyLimits("k", requests_per_min=60, tokens_per_min=60)
-    limiter = Limiter()
-    assert limiter.check("k", both, 60, now=0.0) is None
-    assert limiter.check("k", both, 30, now=0.0) == pytest.approx(30.0)
+    buckets = Buckets.full(both, 0.0)
+    assert buckets.take(both, Allowance(1, 60), Allowance(1, 60), 0.0)[1] == 0.0
+    assert buckets.take(both, Allowance(1, 30), Allowance(1, 30), 0.0) == (NOTHING, pytest.approx(30.0))
+    assert buckets.requests == pytest.approx(59.0)  # the refused request took no request either
 
 
-def test_keys_are_limited_separately() -> None:
-    limiter = Limiter()
+def test_a_clock_stepping_back_refills_nothing_and_a_lease_given_back_never_fills_past_full() -> None:
+    buckets = Buckets.full(RPM, 100.0)
     for _ in range(3):
-        limiter.check("a", RPM, 0, now=0.0)
-    assert limiter.check("a", RPM, 0, now=0.0) is not None
-    assert limiter.check("b", KeyLimits("b", requests_per_min=3), 0, now=0.0) is None
+        buckets.take(RPM, ONE, ONE, 100.0)
+    assert buckets.take(RPM, ONE, ONE, 50.0)[0] is NOTHING
+    buckets.give(RPM, Allowance(requests=2), 50.0)
+    assert buckets.requests == pytest.approx(2.0)
+    buckets.give(RPM, Allowance(requests=10**6), 50.0)
+    assert buckets.requests == pytest.approx(3.0)
 
 
-def test_a_clock_stepping_back_refills_nothing() -> None:
-    limiter = Limiter()
-    for _ in range(3):
-        limiter.check("k", RPM, 0, now=100.0)
-    assert limiter.check("k", RPM, 0, now=50.0) is not None
+def test_a_wallet_spends_from_its_lease_and_leases_about_a_second_of_the_rate() -> None:
+    limits = KeyLimits("k", requests_per_min=600, tokens_per_min=60_000)
+    buckets, wallet = Buckets.full(limits, 0.0), Wallet(limits)
+    assert wallet.lease(100) == (Allowance(11, 1100), Allowance(1, 100))  # need + 10 req/s and 1,000 tok/s
+    assert admitted(buckets, wallet, 100, 0.0) is None
+    assert buckets.requests == pytest.approx(589) and buckets.tokens == pytest.approx(58_900)
+    assert all(admitted(buckets, wallet, 100, 0.0) is None for _ in range(10))  # the lease, no new one
+    assert buckets.requests == pytest.approx(589)
+    assert admitted(buckets, wallet, 100, 0.0) is None  # the next lease
+    assert buckets.requests == pytest.approx(578)
+    assert wallet.empty() == Allowance(10, 1000) and wallet.empty() == NOTHING
 
 
-def test_idle_keys_are_forgotten() -> None:
-    limiter = Limiter()
-    for i in range(100):
-        limiter.check(f"k{i}", RPM, 0, now=0.0)
-    limiter.check("busy", RPM, 0, now=0.0)
-    assert len(limiter) == 101
-    later = SWEEP_EVERY_S + 1
-    for _ in range(3):
-        limiter.check("busy", RPM, 0, now=later)  # its bucket is empty: remembered
-    assert len(limiter) == 1
-    assert limiter.check("busy", RPM, 0, now=later) is not None  # forgetting others changed nothing for it
+def test_an_unlimited_bucket_needs_no_lease_and_the_other_still_counts() -> None:
+    rpm_only = KeyLimits("k", requests_per_min=3)
+    buckets, wallet = Buckets.full(rpm_only, 0.0), Wallet(rpm_only)
+    assert [admitted(buckets, wallet, 10**9, 0.0) for _ in range(3)] == [None] * 3
+    assert admitted(buckets, wallet, 0, 0.0) == pytest.approx(20.0)
+    assert buckets.tokens == 0.0
 
 
-def test_memory_is_bounded_by_max_keys() -> None:
-    limiter = Limiter(max_keys=10)
-    for i in range(1000):
-        limiter.check(f"k{i}", RPM, 0, now=float(i) / 1000)
-    assert len(limiter) == 10
+def test_replicas_leasing_from_one_key_admit_its_limit_together_however_the_requests_are_spread() -> None:
+    limits = KeyLimits("k", requests_per_min=60, tokens_per_min=6_000)
+    for spread in (1, 2, 5):  # a burst on one replica, or sent to all at once
+        buckets = Buckets.full(limits, 0.0)
+        wallets = [Wallet(limits) for _ in range(spread)]
+        let_in = sum(admitted(buckets, wallets[i % spread], 10, 0.0) is None for i in range(500))
+        assert let_in == 60  # the whole minute's allowance, never more
+        later = sum(admitted(buckets, wallets[i % spread], 10, 30.0) is None for i in range(500))
+        assert later == 30  # and then the rate: 30 s refilled half of it
 
 
-def test_another_replicas_use_is_debited_here_and_a_debt_waits_for_the_refill() -> None:
-    limiter = Limiter()
-    assert limiter.check("k", RPM, 0, now=0.0) is None
-    limiter.debit("k", RPM, 4, 0, now=0.0)  # another replica let 4 through: 1 + 4 of 3 a minute
-    wait = limiter.check("k", RPM, 0, now=0.0)
-    assert wait == pytest.approx(60.0)  # from -2 to 1 at 3 a minute
-    assert limiter.check("k", RPM, 0, now=60.0) is None
-    assert limiter.check("k", RPM, 0, now=60.0) is not None
-    limiter.debit("t", TPM, 0, -(10**6), now=0.0)  # a credit (fewer tokens used) never fills past the limit
-    assert limiter.check("t", TPM, 600, now=0.0) is None and limiter.check("t", TPM, 1, now=0.0) is not None
-    limiter.debit("u", KeyLimits("u"), 10**6, 10**6, now=0.0)  # an unlimited key: nothing to take from
-    assert len(limiter) == 2
-    limiter.debit("k", RPM, 10**6, 0, now=60.0)  # a debt is at most a window's allowance: -3
-    assert limiter.check("k", RPM, 0, now=60.0) == pytest.approx(80.0)
+def test_leases_are_whole_requests_and_tokens_so_no_wallet_holds_a_fraction_no_request_can_use() -> None:
+    limits = KeyLimits("k", requests_per_min=5, tokens_per_min=90)  # a twelfth of a request, 1.5 tokens a second
+    buckets, wallet = Buckets.full(limits, 0.0), Wallet(limits)
+    assert wallet.lease(3) == (Allowance(1, 4), Allowance(1, 3))
+    assert admitted(buckets, wallet, 3, 0.0) is None and wallet.empty() == Allowance(0, 1)
+    buckets.requests = 2.75  # refilled part of the way: a lease of 2, not 2.75
+    assert buckets.take(limits, Allowance(requests=9), ONE, 0.0)[0].requests == 2
 
 
-def test_spend_is_reported_once_until_it_changes_and_again_if_a_report_was_lost() -> None:
-    limiter = Limiter()
-    limiter.check("a", TPM, 100, now=0.0)
-    limiter.check("a", TPM, 50, now=0.0)
-    limiter.charge("a", TPM, -30, now=0.0)  # the answer used fewer tokens than estimated
-    limiter.check("b", RPM, 7, now=0.0)
-    assert limiter.check("b", RPM, 0, now=0.0) is None
-    assert limiter.report() == {"a": (2.0, 120.0), "b": (2.0, 7.0)}
-    assert limiter.report() == {}
-    limiter.check("b", RPM, 0, now=0.0)
-    report = limiter.report()
-    assert report == {"b": (3.0, 7.0)}
-    limiter.unreported(report)
-    assert limiter.report() == {"b": (3.0, 7.0)}
-    assert limiter.report(everything=True) == {"a": (2.0, 120.0), "b": (3.0, 7.0)}
-    assert limiter.check("x", KeyLimits("x"), 5, now=0.0) is None and "x" not in limiter.report(everything=True)
+def test_after_a_refusal_the_keys_requests_are_refused_for_up_to_a_lease_span_without_asking_again() -> None:
+    wallet = Wallet(RPM)
+    wallet.refuse(20.0, now=100.0)
+    assert wallet.refused(100.0) == pytest.approx(20.0)
+    assert wallet.refused(100.9) == pytest.approx(19.1)  # the Retry-After counts down
+    assert wallet.refused(101.0) is None  # a lease's span on, the buckets are asked again
+    wallet.refuse(0.2, now=200.0)
+    assert wallet.refused(200.1) == pytest.approx(0.1) and wallet.refused(200.2) is None
