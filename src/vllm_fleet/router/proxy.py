@@ -18,6 +18,7 @@ per request (benchmarks/bench_router.py). An answer whose whole body comes in it
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -27,7 +28,7 @@ from vllm_fleet.router.backends import Backend, Pool
 from vllm_fleet.router.body import RequestFacts
 from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, least_load
-from vllm_fleet.router.resume import Transcript, continuation_body, without_role_event
+from vllm_fleet.router.resume import Transcript, continuation_body, needs_text_ids, without_role_event
 from vllm_fleet.wire import http1, upgrade
 from vllm_fleet.wire.http1_server import Reply, Request
 from vllm_fleet.wire.openai import error_body
@@ -271,8 +272,9 @@ class Proxy:
             transcript.cut()
             text, tokens, finished = transcript.so_far()
             again = continuation_body(body, text, tokens)
+            ids_needed = again is None and bool(text) and needs_text_ids(body)
             left = [b for b in self.pool.available(facts.model) if b not in tried]
-            if finished or again is None or not left:
+            if finished or (again is None and not ids_needed) or not left:
                 return False
             backend = least_load(left, facts, None)
             tried.append(backend)
@@ -281,6 +283,11 @@ class Proxy:
             client = self.client(backend)
             upstream: http1.Response | None = None
             try:
+                if ids_needed:  # a prompt of token ids: the text goes on as ids, by this backend's tokenizer
+                    text_ids = await _text_ids(client, facts.model or "", text, headers)
+                    again = None if text_ids is None else continuation_body(body, text, tokens, text_ids)
+                if again is None:
+                    return False
                 head = client.head(request.method, request.path_qs, again, headers)
                 upstream = await client.request(request.method, request.path_qs, again, head)
                 if upstream.status != 200:
@@ -390,3 +397,20 @@ def log_access(
             request.remote, request.method, request.path, status, model, backend, attempts, ms,
             f" {note}" if note else "",
         )  # fmt: skip
+
+
+async def _text_ids(client: http1.Client, model: str, text: str, headers: list[tuple[str, str]]) -> list[int] | None:
+    """``text``'s token ids by the backend's tokenizer (vLLM's ``/tokenize``, no special tokens added); None when
+    the backend has no such endpoint or answers otherwise (the stream is then not continued)."""
+    payload = json.dumps({"model": model, "prompt": text, "add_special_tokens": False}).encode()
+    answer = await client.request("POST", "/tokenize", payload, client.head("POST", "/tokenize", payload, headers))
+    try:
+        data = await answer.read()
+    finally:
+        answer.release()
+    try:
+        said = json.loads(data) if answer.status == 200 else None
+    except ValueError:
+        return None
+    ids = said.get("tokens") if isinstance(said, dict) else None
+    return ids if isinstance(ids, list) and all(isinstance(i, int) for i in ids) else None

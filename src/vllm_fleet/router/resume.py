@@ -6,7 +6,8 @@ assistant text the client already has is read from those events, and the same re
 another backend with that text as a final assistant message and vLLM's
 ``continue_final_message`` (``add_generation_prompt`` off), its token budget reduced by what was
 streamed. The continuation's opening role event is dropped, so the client sees one stream.
-A completion (/v1/completions, a text prompt) is continued from the prompt with the text appended.
+A completion (/v1/completions) is continued from the prompt with the text appended: a text prompt as
+text; a prompt of token ids with the text's ids, from the new backend's ``/tokenize`` (vLLM's).
 
 What the client cannot tell apart: nothing in the text; the chunks after the switch carry the new
 backend's completion id, and a final usage event counts the continuation only. Greedy decoding
@@ -94,22 +95,24 @@ class Transcript:
         return "".join(text), events, finished
 
 
-def continuation_body(body: bytes, text: str, tokens: int) -> bytes | None:
+def continuation_body(body: bytes, text: str, tokens: int, text_ids: list[int] | None = None) -> bytes | None:
     """The request that continues after ``text`` (None when it cannot be continued: n > 1, neither messages
-    nor a text prompt, an echoed prompt)."""
+    nor a prompt, an echoed prompt, or a prompt of token ids without ``text_ids``, the text's ids)."""
     try:
         data: dict[str, Any] = json.loads(body)
     except ValueError:
         return None
-    messages, prompt = data.get("messages"), data.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if data.get("n", 1) != 1 or not (isinstance(messages, list) or (isinstance(prompt, str) and not data.get("echo"))):
+    messages, prompt = data.get("messages"), _one_prompt(data)
+    if data.get("n", 1) != 1 or not (isinstance(messages, list) or (prompt is not None and not data.get("echo"))):
         return None
     if not text:
         return body  # nothing reached the client yet: the request as it was
     if not isinstance(messages, list):
-        return json.dumps(data | {"prompt": f"{prompt}{text}"} | _budget(data, tokens)).encode()
+        if isinstance(prompt, str):
+            return json.dumps(data | {"prompt": f"{prompt}{text}"} | _budget(data, tokens)).encode()
+        if text_ids is None or prompt is None:
+            return None
+        return json.dumps(data | {"prompt": [*prompt, *text_ids]} | _budget(data, tokens)).encode()
     last = messages[-1] if messages else None
     if data.get("continue_final_message") and isinstance(last, dict) and last.get("role") == "assistant":
         messages = [*messages[:-1], {**last, "content": f"{last.get('content') or ''}{text}"}]
@@ -117,6 +120,27 @@ def continuation_body(body: bytes, text: str, tokens: int) -> bytes | None:
         messages = [*messages, {"role": "assistant", "content": text}]
     data |= {"messages": messages, "continue_final_message": True, "add_generation_prompt": False}
     return json.dumps(data | _budget(data, tokens)).encode()
+
+
+def needs_text_ids(body: bytes) -> bool:
+    """Whether the body is a completion whose one prompt is token ids: its continuation needs the text's ids."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and isinstance(_one_prompt(data), list)
+
+
+def _one_prompt(data: dict[str, Any]) -> str | list[int] | None:
+    """A completion's prompt when it is one: a text, or token ids (OpenAI's forms: "…", ["…"], [1, 2], [[1, 2]])."""
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt):
+        return prompt
+    return None
 
 
 def _budget(data: dict[str, Any], tokens: int) -> dict[str, int]:

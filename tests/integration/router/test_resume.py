@@ -8,10 +8,11 @@ import asyncio
 import json
 from dataclasses import replace
 
+import aiohttp
 import pytest
 
 from tests.integration.router.harness import chat, client, metric, routing
-from tests.servers.faults import FaultServer, Stream
+from tests.servers.faults import Answer, FaultServer, Stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 PATH = "/v1/chat/completions"
@@ -155,3 +156,49 @@ def test_a_streamed_completion_is_continued_from_its_prompt() -> None:
         assert json.loads(again.body) == {
             "model": "m", "prompt": "Paris is the capital", "max_tokens": 8, "stream": True
         }  # fmt: skip
+
+
+@pytest.mark.parametrize("prompt", [[9, 8, 7], [[9, 8, 7]]], ids=["ids", "one-list-of-ids"])
+def test_a_streamed_completion_of_token_ids_is_continued_with_the_texts_ids_from_the_new_backend(
+    prompt: list,
+) -> None:
+    path = "/v1/completions"
+    with FaultServer() as first, FaultServer() as second:
+        first.script(path, Stream((text_event(" the"), text_event(" capital")), reset=True))
+        second.always(
+            "/tokenize", Answer(200, json.dumps({"count": 2, "max_model_len": 64, "tokens": [5, 6]}).encode())
+        )
+        second.script(path, Stream((text_event(" of France"), text_event(".", "stop"), b"[DONE]")))
+
+        async def body() -> None:
+            async with routing(first.url, second.url, policy="round-robin") as router, client() as http:
+                request = {"model": "m", "prompt": prompt, "max_tokens": 10, "stream": True}
+                async with http.post(f"{router.url}{path}", json=request) as resp:
+                    raw = await resp.read()
+                blocks = [b[6:] for b in raw.split(b"\n\n") if b.startswith(b"data: ")]
+                text = "".join(json.loads(b)["choices"][0]["text"] for b in blocks if b != b"[DONE]")
+                assert (text, blocks[-1]) == (" the capital of France.", b"[DONE]")
+
+        asyncio.run(body())
+        [tokenize] = second.requests("/tokenize")
+        assert json.loads(tokenize.body) == {"model": "m", "prompt": " the capital", "add_special_tokens": False}
+        [again] = second.requests(path)
+        assert json.loads(again.body) == {"model": "m", "prompt": [9, 8, 7, 5, 6], "max_tokens": 8, "stream": True}
+
+
+def test_a_completion_of_token_ids_is_not_continued_where_the_backend_cannot_tokenize() -> None:
+    path = "/v1/completions"
+    with FaultServer() as first, FaultServer() as second:
+        first.script(path, Stream((text_event(" the"),), reset=True))
+        second.always("/tokenize", Answer(404, b'{"detail": "Not Found"}'))
+
+        async def body() -> None:
+            async with routing(first.url, second.url, policy="round-robin") as router, client() as http:
+                request = {"model": "m", "prompt": [9, 8, 7], "max_tokens": 10, "stream": True}
+                with pytest.raises(aiohttp.ClientPayloadError):  # the stream breaks, as without a continuation
+                    async with http.post(f"{router.url}{path}", json=request) as resp:
+                        await resp.read()
+                assert router.pool.backends[second.url].failures == 0  # no failure counted against it
+
+        asyncio.run(body())
+        assert second.requests(path) == []
