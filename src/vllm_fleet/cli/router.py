@@ -26,6 +26,10 @@ def router(
         None, envvar="VLLM_FLEET_ROUTER_ADMIN_TOKEN", help="Require this bearer token on /admin/*."
     ),
     max_body_mb: float = typer.Option(32, min=0.001, help="Largest request body accepted (413 above)."),
+    max_head_kb: float = typer.Option(64, min=1, help="Largest request line and headers accepted (431 above)."),
+    request_timeout: float = typer.Option(
+        60.0, min=0.1, help="Seconds a request's head or body may stop arriving before a 408."
+    ),
     health_interval: float = typer.Option(2.0, min=0.05, help="Seconds between health checks of a backend."),
     eject_after: int = typer.Option(3, min=1, help="Failed requests in a row that eject a backend."),
     shutdown_timeout: float = typer.Option(30.0, min=0, help="Seconds in-flight requests get on SIGTERM."),
@@ -61,6 +65,8 @@ def router(
             discover=discover_k8s,
             admin_token=admin_token,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
+            max_head_bytes=int(max_head_kb * 1024),
+            request_timeout_s=request_timeout,
             shutdown_timeout_s=shutdown_timeout,
             pool=PoolSettings(health_interval_s=health_interval, eject_after=eject_after),
         )

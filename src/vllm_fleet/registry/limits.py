@@ -2,8 +2,10 @@
 
 A bucket holds a minute's allowance and refills continuously (limit / 60 per second), so a key may
 burst up to its per-minute limit and then runs at its rate. A request is charged its estimated
-tokens (the prompt's and its ``max_tokens``) up front. A request larger than the whole per-minute
-allowance is let through when the bucket is full and leaves it in debt, rather than being refused forever.
+tokens (the prompt's and its ``max_tokens``) up front, and settled to what its answer says it used
+once it is over (router/usage.py): a wallet may so owe tokens, which its next lease pays. A request
+larger than the whole per-minute allowance is let through when the bucket is full and leaves it in
+debt, rather than being refused forever.
 
 The buckets live in the registry (``Registry.take_allowance``), one pair per key, shared by every
 router replica. A replica does not ask the registry for each request: it takes a lease, the
@@ -38,7 +40,7 @@ class Allowance:
     tokens: float = 0.0
 
     def __bool__(self) -> bool:
-        return self.requests > 0 or self.tokens > 0
+        return self.requests != 0 or self.tokens != 0  # a debt (tokens < 0) is something too
 
 
 NOTHING = Allowance()
@@ -79,10 +81,11 @@ class Buckets:
         return Allowance(requests, tokens), 0.0
 
     def give(self, limits: KeyLimits, amount: Allowance, now: float) -> None:
-        """Put an unused lease back (never past a full bucket)."""
+        """Put an unused lease back (never past a full bucket), or a wallet's debt (never past the debt bound)."""
         self._refill(limits, now)
+        tpm = float(limits.tokens_per_min or 0)
         self.requests = min(float(limits.requests_per_min or 0), self.requests + amount.requests)
-        self.tokens = min(float(limits.tokens_per_min or 0), self.tokens + amount.tokens)
+        self.tokens = max(-tpm, min(tpm, self.tokens + amount.tokens))
 
     def _refill(self, limits: KeyLimits, now: float) -> None:
         elapsed = max(0.0, now - self.stamp)  # a clock stepping back (or a replica's clock behind) refills nothing

@@ -5,8 +5,10 @@ Several router replicas may share one registry (PostgreSQL): each re-reads it ev
 A key's limits are token buckets in the registry, shared by the replicas; a replica spends from a
 lease it took from them (``registry/limits.py``: about a second of the key's rate, so one registry
 round trip a second per busy key, not one per request), and gives back what it did not spend once
-the key goes quiet on it. While the registry cannot be reached, each replica limits keys on its
-own (as a lone router would: up to N times a key's limits over N replicas) and says so once.
+the key goes quiet on it. A request is charged its estimated tokens up front and settled, once its
+answer is over, to what the answer says it used (usage.py): the difference goes into or out of the
+wallet. While the registry cannot be reached, each replica limits keys on its own (as a lone router
+would: up to N times a key's limits over N replicas) and says so once.
 An API key's limits are cached for ``KEY_CACHE_S``; the cache holds hashes, never a secret.
 
 A key comes as ``Authorization: Bearer <key>``, or, on a WebSocket handshake, as the subprotocol
@@ -22,6 +24,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vllm_fleet.errors import RegistryError
@@ -39,6 +42,14 @@ LEASE_TIMEOUT_S = 2.0  # a registry slower than this to lend is taken as away
 AWAY_RETRY_S = 5.0  # while away, the registry is asked again this often (not by every request)
 MAX_CACHED_KEYS = 10_000  # bounded: a flood of wrong keys cannot grow it
 BROWSER_KEY = "openai-insecure-api-key."  # a Sec-WebSocket-Protocol item: the key follows
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """The tokens a request of a key with a token limit was charged up front: settled once it is answered."""
+
+    limits: KeyLimits
+    tokens: int
 
 
 class RegistryLink:
@@ -121,8 +132,8 @@ class RegistryLink:
                     log.warning("%s works again", what)
                 failing = False
 
-    async def admit(self, request: Request, facts: RequestFacts) -> Reply | None:
-        """None when the request may go on; else its 401 or 429 answer."""
+    async def admit(self, request: Request, facts: RequestFacts) -> Reply | Charge | None:
+        """Its 401 or 429 answer; else the request may go on: with its Charge when its key limits tokens."""
         if not self.keys_required:
             return None
         secret = _bearer(request) or (_offered_key(request) if request.upgrade else "")
@@ -132,13 +143,20 @@ class RegistryLink:
             return json_error(f"a valid API key is required: `Authorization: Bearer <key>`{how}", 401, "Unauthorized")
         wait = await self._allow(limits, facts.tokens) if limited(limits) else None
         if wait is None:
-            return None
+            return Charge(limits, facts.tokens) if limits.tokens_per_min is not None else None
         return json_error(
             f"API key {limits.name!r} is over its limit; retry in {wait:.0f} s",
             429,
             "RateLimitError",
             **{"Retry-After": str(max(1, round(wait)))},
         )
+
+    def settle(self, charge: Charge, used: int | None) -> None:
+        """The request used ``used`` tokens, not the estimate it was charged: this replica's wallet of its key
+        gets the difference back, or owes it (the key's next lease pays the debt). None: the estimate stands."""
+        wallet = self._wallets.get(charge.limits.name)
+        if used is not None and wallet is not None and wallet.limits == charge.limits:  # else deleted or made anew
+            wallet.tokens += charge.tokens - used
 
     async def _allow(self, limits: KeyLimits, tokens: int) -> float | None:
         """None if the request may go on (charged to its key); else the seconds until it could."""

@@ -1,4 +1,4 @@
-"""What the router reads of a request body: the model, the prompt's leading text, a session key, a token estimate.
+"""What the router reads of a request body: the model, the prompt's leading text, a session key, token estimates.
 
 The body is parsed to read these (orjson: a quarter of the json module's time on the bench's bodies) and
 is forwarded as received, byte for byte: nothing here re-encodes it.
@@ -31,8 +31,9 @@ class RequestFacts:
     shallow: str  # leading text, system prompt depth
     deep: str  # leading text, conversation depth
     session: str | None  # the `user` field (a header may override it)
-    tokens: int  # prompt estimate + max_tokens
+    tokens: int  # prompt estimate + max_tokens: what a key's token limit is charged up front
     stream: bool
+    prompt_tokens: int = 0  # the prompt's estimate: all its text / CHARS_PER_TOKEN, or its token ids
 
 
 NO_FACTS = RequestFacts(None, "", "", None, 0, False)
@@ -51,15 +52,16 @@ def read_facts(body: bytes) -> RequestFacts:
         raise BodyError("`model` must be a string")
     shallow, deep = _leading_text(data)
     max_tokens = data.get("max_tokens") or data.get("max_completion_tokens") or 0
-    tokens = len(deep) // CHARS_PER_TOKEN + (max_tokens if isinstance(max_tokens, int) else 0)
+    prompt_tokens = _prompt_tokens(data)
     user = data.get("user")
     return RequestFacts(
         model=model,
         shallow=shallow,
         deep=deep,
         session=user if isinstance(user, str) else None,
-        tokens=tokens,
+        tokens=prompt_tokens + (max_tokens if isinstance(max_tokens, int) else 0),
         stream=data.get("stream") is True,
+        prompt_tokens=prompt_tokens,
     )
 
 
@@ -82,6 +84,22 @@ def _leading_text(data: dict[str, Any]) -> tuple[str, str]:
         return (first[:SHALLOW_CHARS] if is_system and len(parts) > 1 else deep[:SHALLOW_CHARS]), deep
     text = _prompt_text(data.get("prompt", data.get("input")))
     return text[:SHALLOW_CHARS], text[:DEEP_CHARS]
+
+
+def _prompt_tokens(data: dict[str, Any]) -> int:
+    """The whole prompt's token estimate (not only the leading text the policies read)."""
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        return sum(len(_content_text(m)) for m in messages if isinstance(m, dict)) // CHARS_PER_TOKEN
+    prompt = data.get("prompt", data.get("input"))
+    prompts = prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else [prompt]
+    chars = ids = 0
+    for one in prompts:
+        if isinstance(one, str):
+            chars += len(one)
+        elif isinstance(one, list):  # token ids: counted, not estimated
+            ids += len(one)
+    return chars // CHARS_PER_TOKEN + ids
 
 
 def _content_text(message: dict[str, Any]) -> str:

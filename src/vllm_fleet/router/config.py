@@ -19,6 +19,8 @@ class RouterConfig:
     discover: str | None = None  # NAMESPACE/SERVICE:PORT: the backends are that Service's ready endpoints
     admin_token: str | None = None  # when set, /admin/* needs `Authorization: Bearer <token>`
     max_body_bytes: int = 32 * 1024 * 1024
+    max_head_bytes: int = 64 * 1024  # request line and headers (431 above)
+    request_timeout_s: float = 60.0  # a request whose head or body stops arriving this long gets a 408
     connect_timeout_s: float = 5.0
     shutdown_timeout_s: float = 30.0  # in-flight requests get this long to finish on SIGTERM
     access_log: bool = True

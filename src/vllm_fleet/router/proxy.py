@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from vllm_fleet.router.backends import Backend, Pool
@@ -29,6 +29,7 @@ from vllm_fleet.router.body import RequestFacts
 from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, least_load
 from vllm_fleet.router.resume import Transcript, continuation_body, needs_text_ids, without_role_event
+from vllm_fleet.router.usage import Meter
 from vllm_fleet.wire import http1, upgrade
 from vllm_fleet.wire.http1_server import Reply, Request
 from vllm_fleet.wire.openai import error_body
@@ -78,8 +79,11 @@ class Proxy:
             backend.client = http1.Client(backend.url, connect_timeout_s=self.connect_timeout_s)
         return backend.client
 
-    async def forward(self, request: Request, facts: RequestFacts, choose: Policy, started: float) -> Reply | None:
-        """Answer ``request`` from a backend: a whole answer is returned, a streamed one written (None)."""
+    async def forward(
+        self, request: Request, facts: RequestFacts, choose: Policy, started: float, meter: Meter | None = None
+    ) -> Reply | None:
+        """Answer ``request`` from a backend: a whole answer is returned, a streamed one written (None); what
+        reaches the client passes ``meter`` when there is one (a key's tokens are settled from it)."""
         body = request.body
         candidates = self.pool.available(facts.model)
         if not candidates:
@@ -114,7 +118,7 @@ class Proxy:
                 continue
             try:
                 return await self._relay(
-                    request, upstream, backend, facts, ask_load, started, sent, tried, body, headers
+                    request, upstream, backend, facts, ask_load, started, sent, tried, body, headers, meter
                 )
             finally:
                 self._done(backend, facts)
@@ -168,17 +172,14 @@ class Proxy:
         tried: list[Backend],
         body: bytes,
         request_headers: list[tuple[str, str]],
+        meter: Meter | None,
     ) -> Reply | None:
         answered = time.perf_counter()
         attempts = len(tried)
         up_headers = upstream.headers
+        events = up_headers.get("content-type", "").startswith("text/event-stream")
         # A streamed (chat) completion can be continued elsewhere if its backend dies (resume.py).
-        resumable = (
-            facts.stream
-            and upstream.status == 200
-            and request.path.endswith("/completions")
-            and up_headers.get("content-type", "").startswith("text/event-stream")
-        )
+        resumable = facts.stream and upstream.status == 200 and request.path.endswith("/completions") and events
         transcript = Transcript() if resumable else None
         answer: Reply | None = None
         try:
@@ -194,9 +195,12 @@ class Proxy:
             if length is not None and upstream.complete and len(first) == int(length):
                 answer = Reply(upstream.status, headers, first)
                 added = (sent - started) + (time.perf_counter() - answered)
+                if meter is not None:
+                    meter.saw(first)
             else:
                 request.start(upstream.status, headers, None if length is None else int(length))
-                added = await self._stream(request, first, upstream, transcript, sent - started, answered)
+                write = request.writer() if meter is None else meter.sink(request.writer(), events)
+                added = await self._stream(request, write, first, upstream, transcript, sent - started, answered)
                 request.finish()
         except UPSTREAM_ERRORS as exc:
             # The head went out: no retry now. A stream may be continued elsewhere; otherwise the
@@ -210,7 +214,7 @@ class Proxy:
             resumed = (
                 transcript is not None
                 and transcript.whole
-                and await self._resume(request, facts, transcript, tried, body, request_headers)
+                and await self._resume(request, facts, transcript, tried, body, request_headers, meter)
             )
             if resumed:
                 log_access(request, 200, facts.model, backend.url, attempts, started, "continued on another backend")
@@ -232,6 +236,7 @@ class Proxy:
     @staticmethod
     async def _stream(
         out: Request,
+        write: Callable[[bytes], bool],
         first: bytes,
         upstream: http1.Response,
         transcript: Transcript | None,
@@ -245,17 +250,14 @@ class Proxy:
             if transcript is not None:
                 first = transcript.whole_events(first)
         if first:
-            out.write(first)
+            write(first)
         added += time.perf_counter() - answered
         # The rest is written from the upstream connection's callback, the moment each piece arrives.
-        sink = write = out.writer()
-        if transcript is not None:
-            sink = transcript.sink(write)
-
+        sink = write if transcript is None else transcript.sink(write)
         while not await upstream.pipe(sink):
             await out.drain()  # a slow client: the backend's connection waits with it
         if transcript is not None and (rest := transcript.rest()):
-            out.write(rest)  # a last event without its blank line: the stream ended whole anyway
+            write(rest)  # a last event without its blank line: the stream ended whole anyway
         return added
 
     async def _resume(
@@ -266,8 +268,10 @@ class Proxy:
         tried: list[Backend],
         body: bytes,
         headers: list[tuple[str, str]],
+        meter: Meter | None,
     ) -> bool:
         """Continue the stream on other backends (within the retry budget); True once it ended whole."""
+        write = request.writer() if meter is None else meter.sink(request.writer(), True)
         while len(tried) <= self.retries:
             transcript.cut()
             text, tokens, finished = transcript.so_far()
@@ -298,11 +302,10 @@ class Proxy:
                     chunk = transcript.whole_events(chunk)
                     if opening and chunk:
                         chunk, opening = without_role_event(chunk), False
-                    request.write(chunk)
-                    if request.paused:
+                    if not write(chunk):
                         await request.drain()
                 if rest := transcript.rest():
-                    request.write(rest)
+                    write(rest)
                 request.finish()
                 self.pool.succeeded(backend)
                 return True

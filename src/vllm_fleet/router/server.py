@@ -32,6 +32,7 @@ from vllm_fleet.router.config import RouterConfig
 from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, policy
 from vllm_fleet.router.proxy import Proxy, json_error, log_access
+from vllm_fleet.router.usage import Meter
 from vllm_fleet.wire.http1_server import Reply, Request, Server
 
 log = logging.getLogger("vllm_fleet.router")
@@ -73,7 +74,12 @@ class Router:
         if self.config.discover:
             self._tasks.append(asyncio.get_running_loop().create_task(self._discover(self.config.discover)))
         await self.pool.start(self.session)
-        self._server = Server(self.handle, max_body_bytes=self.config.max_body_bytes)
+        self._server = Server(
+            self.handle,
+            max_body_bytes=self.config.max_body_bytes,
+            request_timeout_s=self.config.request_timeout_s,
+            max_head_bytes=self.config.max_head_bytes,
+        )
         await self._server.start(self.config.host, self.config.port)
         self.port = self._server.port
         log.info("routing on http://%s:%d to %d backend(s)", self.config.host, self.port, len(self.pool.backends))
@@ -140,16 +146,23 @@ class Router:
             if facts.model is None and openai:
                 why = "the request names no `model`; add one (GET /v1/models lists them)"
                 return _refused(request, None, started, why, 400)
-        choose = self.default_policy
-        if self.registry is not None:
-            refused = await self.registry.admit(request, facts)
-            if refused is not None:
-                log_access(request, refused.status, facts.model, "-", 0, started)
-                return refused
-            choose = self.registry.policies.get(facts.model or "", choose)
+        choose, charge, registry = self.default_policy, None, self.registry
+        if registry is not None:
+            admitted = await registry.admit(request, facts)
+            if isinstance(admitted, Reply):
+                log_access(request, admitted.status, facts.model, "-", 0, started)
+                return admitted
+            charge = admitted
+            choose = registry.policies.get(facts.model or "", choose)
         if request.upgrade:
             return await self.proxy.tunnel(request, facts, choose, started)
-        return await self.proxy.forward(request, facts, choose, started)
+        if charge is None or registry is None:
+            return await self.proxy.forward(request, facts, choose, started)
+        meter = Meter()
+        try:
+            return await self.proxy.forward(request, facts, choose, started, meter)
+        finally:  # a client gone mid-answer too: it is charged what it was sent
+            registry.settle(charge, meter.used(facts.prompt_tokens))
 
 
 _TEXT = [("Content-Type", "text/plain; charset=utf-8")]

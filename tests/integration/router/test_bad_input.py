@@ -8,13 +8,14 @@ import json
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.integration.router.harness import chat, client, error_of, make_key, post, routing
 from tests.servers.fake_engine import running
-from tests.servers.faults import Answer, FaultServer
+from tests.servers.faults import Answer, FaultServer, Stream
 from vllm_fleet.router.server import Router
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -164,10 +165,47 @@ def test_a_registry_that_lends_no_allowance_leaves_each_replica_limiting_keys_on
         asyncio.run(body())
 
 
-async def statuses(http: aiohttp.ClientSession, router: Router, secret: str, n: int) -> list[int]:
+async def statuses(http: aiohttp.ClientSession, router: Router, secret: str, n: int, **body: Any) -> list[int]:
     """``n`` chat requests to ``router`` with the API key ``secret``, one after another: their statuses."""
     good = {"content-type": "application/json", "authorization": f"Bearer {secret}"}
-    return [(await post(http, f"{router.url}{PATH}", chat(), headers=good))[0] for _ in range(n)]
+    return [(await post(http, f"{router.url}{PATH}", chat(**body), headers=good))[0] for _ in range(n)]
+
+
+CONTENT = b'{"choices":[{"delta":{"content":"w"}}]}'
+USED_700 = b'{"choices":[],"usage":{"prompt_tokens":1,"total_tokens":700,"completion_tokens":699}}'
+
+
+@pytest.mark.parametrize(
+    ("answer", "max_tokens", "expected"),
+    [
+        (Answer(body=b'{"choices":[],"usage":{"prompt_tokens":1,"total_tokens":700}}'), None, [200, 200, 429]),
+        (Stream((CONTENT, USED_700, b"[DONE]")), None, [200, 200, 429]),  # stream_options.include_usage
+        (Stream((CONTENT,) * 699), None, [200, 200, 429]),  # no usage event: its 699 events, and the prompt
+        (Answer(body=b'{"choices":[],"usage":{"prompt_tokens":1,"total_tokens":10}}'), 400, [200] * 6),
+    ],
+    ids=["answer-used-more", "stream-usage-event", "stream-events", "answer-used-less"],
+)
+def test_a_keys_tokens_are_settled_to_what_its_answers_used(
+    tmp_path: Path, answer: Answer | Stream, max_tokens: int | None, expected: list[int]
+) -> None:
+    """Charged up front its estimate (1 token of prompt, plus max_tokens), a request is settled to what its
+    answer says it used: 700 tokens a request, a key of 1,000 a minute has two (the estimate alone let
+    every one through), and a request that used 10 of its 400 leaves 390 for the next ones (two would pass)."""
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    secret = make_key(url, "team-f", tokens_per_min=1000)
+    with FaultServer(models=("m",)) as backend:
+        backend.always(PATH, answer)
+
+        async def body() -> None:
+            async with routing(backend.url, registry=url) as router, client() as http:
+                extra = {"max_tokens": max_tokens, "stream": isinstance(answer, Stream)}
+                assert await statuses(http, router, secret, len(expected), **extra) == expected
+                if expected[-1] == 429:  # the debt is in the wait: 684 tokens needed, 283 left, 1,000 a minute
+                    good = {"content-type": "application/json", "authorization": f"Bearer {secret}"}
+                    _, _, headers = await post(http, f"{router.url}{PATH}", chat(), headers=good)
+                    assert int(headers["retry-after"]) >= 20
+
+        asyncio.run(body())
 
 
 def test_what_a_replica_leased_and_did_not_spend_goes_back_when_the_key_is_quiet_and_at_stop(tmp_path: Path) -> None:

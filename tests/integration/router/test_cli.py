@@ -89,6 +89,20 @@ def test_the_cli_serves_and_merges_models() -> None:
         assert (len(one.requests(PATH)), len(two.requests(PATH))) == (1, 1)
 
 
+def test_the_head_limit_and_the_request_timeout_are_flags() -> None:
+    """--max-head-kb 1: a 2 KiB header gets the 431; --request-timeout 0.5: a body that stops gets the 408."""
+    flags = ("--max-head-kb", "1", "--request-timeout", "0.5")
+    with FaultServer() as backend, router("--backend", backend.url, *flags) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
+        big = f"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {'x' * 2048}\r\n\r\n".encode()
+        stalled = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        for sent, status in ((big, b" 431 "), (stalled, b" 408 ")):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(sent)
+                assert status in sock.recv(4096).split(b"\r\n", 1)[0]
+        assert ask(url)[0] == 200  # and a good request still passes
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [

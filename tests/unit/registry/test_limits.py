@@ -117,3 +117,18 @@ def test_after_a_refusal_the_keys_requests_are_refused_for_up_to_a_lease_span_wi
     assert wallet.refused(101.0) is None  # a lease's span on, the buckets are asked again
     wallet.refuse(0.2, now=200.0)
     assert wallet.refused(200.1) == pytest.approx(0.1) and wallet.refused(200.2) is None
+
+
+def test_a_wallet_in_debt_leases_the_debt_with_its_next_request_and_gives_a_debt_back_bounded() -> None:
+    """A request settled to more than its estimate leaves the wallet owing: the next request's lease pays it;
+    a debt given back (the key gone quiet) comes off the bucket, never past the bound of one minute owed."""
+    buckets, wallet = Buckets.full(TPM, 0.0), Wallet(TPM)
+    assert admitted(buckets, wallet, 10, 0.0) is None  # a lease of 10 + 10 a second ahead
+    wallet.tokens += 10 - 300  # settled: it used 300
+    assert wallet.lease(10) == (Allowance(0, 300), Allowance(0, 290))  # 10 held less 290 owed; + 10 ahead
+    held = wallet.empty()
+    assert held == Allowance(0, -280) and bool(held)  # a debt is something to give back
+    buckets.give(TPM, held, 0.0)
+    assert buckets.tokens == pytest.approx(600 - 20 - 280)
+    buckets.give(TPM, Allowance(tokens=-(10**6)), 0.0)
+    assert buckets.tokens == pytest.approx(-600)

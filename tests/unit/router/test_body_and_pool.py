@@ -26,7 +26,16 @@ def test_facts_of_a_chat_request() -> None:
     }
     facts = read_facts(json.dumps(body).encode())
     assert (facts.model, facts.shallow, facts.deep, facts.session, facts.stream) == ("m", "S", "S\nU1", "alice", True)
-    assert facts.tokens == len("S\nU1") // 4 + 10
+    assert (facts.prompt_tokens, facts.tokens) == (len("SU1") // 4, len("SU1") // 4 + 10)
+
+
+def test_the_token_estimate_is_the_whole_prompts_not_the_leading_texts() -> None:
+    """A key's token limit is charged this up front: a long conversation is not charged its first turns only."""
+    turns = [{"role": "user", "content": "w" * 4000} for _ in range(20)]
+    facts = read_facts(json.dumps({"model": "m", "messages": turns, "max_completion_tokens": 7}).encode())
+    assert len(facts.deep) == DEEP_CHARS and (facts.prompt_tokens, facts.tokens) == (20_000, 20_007)
+    ids = (b'{"prompt":[1,2,3]}', b'{"prompt":[[4,5],[6,7,8]]}', b'{"input":["aaaaaaaa","bbbb"]}', b'{"prompt":"xy"}')
+    assert [read_facts(body).prompt_tokens for body in ids] == [3, 5, 3, 0]  # token ids are counted, text estimated
 
 
 def test_facts_of_completions_prompts_and_embeddings_inputs() -> None:

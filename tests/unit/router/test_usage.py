@@ -1,0 +1,63 @@
+"""What an answer used, read from its bytes as they pass (a key's tokens are settled to it, issue 14)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vllm_fleet.router.usage import TAIL, Meter
+
+# vLLM's non-streamed chat answer ends so (its UsageInfo: prompt, total, completion, then the details).
+VLLM = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":'
+    b'"assistant","content":"Hi"},"finish_reason":"length"}],"usage":{"prompt_tokens":9,"total_tokens":21,'
+    b'"completion_tokens":12,"prompt_tokens_details":null},"prompt_logprobs":null,"kv_transfer_params":null}'
+)
+
+
+def metered(*pieces: bytes, stream: bool = False) -> Meter:
+    meter = Meter()
+    sink = meter.sink(lambda data: True, stream)
+    for piece in pieces:
+        sink(piece) if stream else meter.saw(piece)
+    return meter
+
+
+@pytest.mark.parametrize(
+    ("answer", "used"),
+    [
+        (VLLM, 21),
+        # OpenAI's order, its details an object before the total.
+        (b'{"usage": {"prompt_tokens_details": {"cached_tokens": 3}, "prompt_tokens": 5, "total_tokens": 8}}', 8),
+        (b'{"object":"list","data":[],"usage":{"prompt_tokens":4,"total_tokens":4}}', 4),  # embeddings
+        (b'{"id":"x","choices":[]}', None),  # no usage: the estimate stands
+    ],
+    ids=["vllm-chat", "openai-order", "embeddings", "none"],
+)
+def test_a_whole_answers_own_usage_is_what_it_used(answer: bytes, used: int | None) -> None:
+    assert metered(answer[:50], answer[50:]).used(prompt_tokens=3) == used
+
+
+def test_usage_inside_the_text_is_not_the_answers() -> None:
+    """A model that writes `"usage": {"total_tokens": 999}` does not set its own bill: in a JSON string the
+    quotes are escaped."""
+    text = '"usage": {"total_tokens": 999}'
+    answer = json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+    assert metered(answer).used(0) is None
+    assert metered(answer[:-1] + b',"usage":{"total_tokens":7}}').used(0) == 7
+
+
+def test_a_stream_with_a_usage_event_is_billed_by_it_and_one_without_by_its_events() -> None:
+    events = [b'data: {"choices":[{"delta":{"content":"w"}}]}\n\n'] * 40
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":6,"total_tokens":46,"completion_tokens":40}}\n\n'
+    stream = b"".join([*events, usage, b"data: [DONE]\n\n"])
+    assert metered(*(stream[i : i + 7] for i in range(0, len(stream), 7)), stream=True).used(6) == 46  # torn pieces
+    assert metered(*events, stream=True).used(prompt_tokens=6) == 6 + 40
+
+
+def test_only_a_streams_events_are_counted_and_only_the_tail_is_kept() -> None:
+    body = b'{"choices":[{"text":"data: data: data:"}]}'
+    assert metered(body, body, stream=False).used(5) is None  # not an event stream: "data:" is text
+    long = metered(b"x" * (3 * TAIL), b'"usage":{"total_tokens":3}', b"y" * 100)
+    assert long.used(0) == 3 and len(long._tail) == TAIL
