@@ -1,4 +1,4 @@
-"""The registry link's periodic work (routes refresh, sharing the keys' spend): a registry away is said once."""
+"""The registry link's periodic work (routes refresh, giving unused allowance back): a registry away is said once."""
 
 from __future__ import annotations
 
@@ -23,15 +23,15 @@ def test_a_failing_periodic_task_is_logged_once_until_it_works_again(caplog: pyt
             if outcome == "down":
                 raise OSError("registry unreachable")
 
-        task = asyncio.create_task(RegistryLink._every(0.001, work, "sharing the keys' spend"))
+        task = asyncio.create_task(RegistryLink._every(0.001, work, "giving unused key allowance back"))
         await asyncio.wait_for(done.wait(), 5)
         task.cancel()
 
     with caplog.at_level(logging.WARNING, logger="vllm_fleet.router"):
         asyncio.run(main())
     assert [r.getMessage() for r in caplog.records] == [
-        "sharing the keys' spend failed (said once until it works again): registry unreachable",
-        "sharing the keys' spend works again",
-        "sharing the keys' spend failed (said once until it works again): registry unreachable",
-        "sharing the keys' spend works again",
+        "giving unused key allowance back failed (said once until it works again): registry unreachable",
+        "giving unused key allowance back works again",
+        "giving unused key allowance back failed (said once until it works again): registry unreachable",
+        "giving unused key allowance back works again",
     ]
