@@ -2,15 +2,19 @@
 
 One real vLLM (the demo model, greedy decoding) behind two cutting proxies, our router in front
 (`vllm-fleet router`, round-robin). A proxy forwards a request's first ``--cut`` SSE events,
-then resets both connections, as a backend that dies mid-stream; a continuation (its body has
-``continue_final_message``) passes untouched. So every streamed request through the router is
+then resets both connections, as a backend that dies mid-stream; a continuation (any body the
+bench did not send itself) passes untouched. So every streamed request through the router is
 cut once and continued (resume.py) — on the same engine here, which is what the comparison
 needs: the continued text against the same request streamed uninterrupted, straight from vLLM.
 
-Printed per cut depth: continued streams that ended whole, those equal to the uninterrupted text,
-and the mean share of the uninterrupted text they match before differing.
+Each request form the router continues is measured (``--forms``): a chat (continued with
+``continue_final_message``), a completion with a text prompt (the text appended), and one whose
+prompt is token ids (the text's ids from vLLM's /tokenize appended).
 
-    python benchmarks/bench_continuation.py [--prompts 12] [--cut 3,8,16] [--max-tokens 48]
+Printed per form and cut depth: continued streams that ended whole, those equal to the
+uninterrupted text, and the mean share of the uninterrupted text they match before differing.
+
+    python benchmarks/bench_continuation.py [--prompts 12] [--cut 3,8,16] [--max-tokens 48] [--forms chat,text,ids]
 """
 
 from __future__ import annotations
@@ -47,10 +51,11 @@ def free_port() -> int:
 
 
 class CuttingProxy:
-    """Forwards to ``upstream``; cuts an original streamed answer after ``cut`` events (a continuation passes)."""
+    """Forwards to ``upstream``; cuts the answer to one of ``originals`` (request bodies) after ``cut`` events;
+    any other body (a continuation) passes."""
 
-    def __init__(self, upstream_port: int, cut: int) -> None:
-        self.upstream_port, self.cut = upstream_port, cut
+    def __init__(self, upstream_port: int, cut: int, originals: set[bytes]) -> None:
+        self.upstream_port, self.cut, self.originals = upstream_port, cut, originals
         self.cuts = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -68,7 +73,7 @@ class CuttingProxy:
             seen = 0
             while data := await up_reader.read(65536):
                 current = request[request.rfind(b"POST /") :]  # the connection is kept alive: the latest request
-                cutting = b'"stream": true' in current and b"continue_final_message" not in current
+                cutting = bytes(current.partition(b"\r\n\r\n")[2]) in self.originals
                 if cutting and seen + data.count(b"\n\n") >= self.cut:
                     keep = data
                     for _ in range(self.cut - seen):
@@ -102,20 +107,31 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def stream_text(session: aiohttp.ClientSession, url: str, question: str, max_tokens: int) -> tuple[str, bool]:
-    body = {
-        "model": "smollm2", "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
-        "temperature": 0, "stream": True,
-    }  # fmt: skip
+async def request_body(session: aiohttp.ClientSession, engine: str, form: str, question: str, max_tokens: int) -> bytes:
+    """The streamed greedy request of ``form`` (chat, text or ids) asking ``question``."""
+    body: dict = {"model": "smollm2", "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    prompt = f"Question: {question}\nAnswer:"
+    if form == "chat":
+        body["messages"] = [{"role": "user", "content": question}]
+    elif form == "text":
+        body["prompt"] = prompt
+    else:
+        async with session.post(f"{engine}/tokenize", json={"model": "smollm2", "prompt": prompt}) as resp:
+            body["prompt"] = (await resp.json())["tokens"]
+    return json.dumps(body).encode()
+
+
+async def stream_text(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[str, bool]:
+    path = "/v1/chat/completions" if b'"messages"' in body else "/v1/completions"
     text, done = [], False
     try:
-        async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
+        async with session.post(f"{url}{path}", data=body, headers={"content-type": "application/json"}) as resp:
             async for line in resp.content:
                 if line.startswith(b"data: [DONE]"):
                     done = True
                 elif line.startswith(b"data: "):
                     for choice in json.loads(line[6:]).get("choices") or []:
-                        text.append((choice.get("delta") or {}).get("content") or "")
+                        text.append((choice.get("delta") or {}).get("content") or choice.get("text") or "")
     except aiohttp.ClientError:
         done = False
     return "".join(text), done
@@ -126,45 +142,59 @@ def common_share(a: str, b: str) -> float:
     return n / max(1, len(b))
 
 
-async def measure(engine_port: int, cuts: list[int], prompts: int, max_tokens: int) -> list[dict]:
+async def measure(engine_port: int, forms: list[str], cuts: list[int], prompts: int, max_tokens: int) -> list[dict]:
     rows = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         direct = f"http://127.0.0.1:{engine_port}"
-        reference = [await stream_text(session, direct, q, max_tokens) for q in QUESTIONS[:prompts]]
-        for cut in cuts:
-            proxies = [CuttingProxy(engine_port, cut) for _ in range(2)]
-            servers = [await asyncio.start_server(p.serve, "127.0.0.1", 0) for p in proxies]
-            urls = [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
-            router_port = free_port()
-            backends = [arg for u in urls for arg in ("--backend", u)]
-            router = subprocess.Popen(
-                [sys.executable, "-m", "vllm_fleet.cli", "router", *backends, "--port", str(router_port),
-                 "--policy", "round-robin", "--no-access-log"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-            try:
-                routed = f"http://127.0.0.1:{router_port}"
-                for _ in range(100):
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with session.get(f"{routed}/health") as resp:
-                            if resp.status == 200:
-                                break
-                    await asyncio.sleep(0.2)
-                results = [await stream_text(session, routed, q, max_tokens) for q in QUESTIONS[:prompts]]
-            finally:
-                os.killpg(router.pid, signal.SIGTERM)
-                router.wait()
-                for server in servers:
-                    server.close()
-            whole = [r for r in results if r[1]]
-            equal = sum(1 for (text, _), (ref, _) in zip(results, reference, strict=True) if text == ref)
-            shares = [common_share(text, ref) for (text, _), (ref, _) in zip(results, reference, strict=True)]
-            rows.append({
-                "cut_after_events": cut, "streams": len(results), "cut": sum(p.cuts for p in proxies),
-                "ended_whole": len(whole), "equal_to_uninterrupted": equal,
-                "mean_matching_share": round(sum(shares) / len(shares), 3),
-            })  # fmt: skip
+        for form in forms:
+            bodies = [await request_body(session, direct, form, q, max_tokens) for q in QUESTIONS[:prompts]]
+            reference = [await stream_text(session, direct, body) for body in bodies]
+            for cut in cuts:
+                rows.append(await cut_and_continue(session, engine_port, form, cut, bodies, reference))
     return rows
+
+
+async def cut_and_continue(
+    session: aiohttp.ClientSession,
+    engine_port: int,
+    form: str,
+    cut: int,
+    bodies: list[bytes],
+    reference: list[tuple[str, bool]],
+) -> dict:
+    """Each of ``bodies`` through the router, cut after ``cut`` events and continued: how it compares."""
+    proxies = [CuttingProxy(engine_port, cut, set(bodies)) for _ in range(2)]
+    servers = [await asyncio.start_server(p.serve, "127.0.0.1", 0) for p in proxies]
+    urls = [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
+    router_port = free_port()
+    backends = [arg for u in urls for arg in ("--backend", u)]
+    router = subprocess.Popen(
+        [sys.executable, "-m", "vllm_fleet.cli", "router", *backends, "--port", str(router_port),
+         "--policy", "round-robin", "--no-access-log"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        routed = f"http://127.0.0.1:{router_port}"
+        for _ in range(100):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{routed}/health") as resp:
+                    if resp.status == 200:
+                        break
+            await asyncio.sleep(0.2)
+        results = [await stream_text(session, routed, body) for body in bodies]
+    finally:
+        os.killpg(router.pid, signal.SIGTERM)
+        router.wait()
+        for server in servers:
+            server.close()
+    pairs = list(zip(results, reference, strict=True))
+    shares = [common_share(text, ref) for (text, _), (ref, _) in pairs]
+    return {
+        "form": form, "cut_after_events": cut, "streams": len(results), "cut": sum(p.cuts for p in proxies),
+        "ended_whole": sum(1 for _, done in results if done),
+        "equal_to_uninterrupted": sum(1 for (text, _), (ref, _) in pairs if text == ref),
+        "mean_matching_share": round(sum(shares) / len(shares), 3),
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -172,6 +202,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--cut", default="3,8,16", help="Events forwarded before the cut (a list).")
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--forms", default="chat,text,ids", help="Request forms (chat, text, ids), a list.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     port = free_port()
@@ -189,16 +220,16 @@ def main() -> None:
         print(f"vLLM up in {time.monotonic() - started:.0f} s on port {port}", file=sys.stderr)
         try:
             cuts = [int(c) for c in args.cut.split(",")]
-            rows = asyncio.run(measure(port, cuts, args.prompts, args.max_tokens))
+            rows = asyncio.run(measure(port, args.forms.split(","), cuts, args.prompts, args.max_tokens))
         finally:
             subprocess.run([*cli, "down", str(spec)], stdout=subprocess.DEVNULL)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'cut after':>10} {'streams':>8} {'cut':>4} {'whole':>6} {'equal':>6} {'matching':>9}")
+    print(f"{'form':>5} {'cut after':>10} {'streams':>8} {'cut':>4} {'whole':>6} {'equal':>6} {'matching':>9}")
     for r in rows:
         print(
-            f"{r['cut_after_events']:>10} {r['streams']:>8} {r['cut']:>4} {r['ended_whole']:>6} "
+            f"{r['form']:>5} {r['cut_after_events']:>10} {r['streams']:>8} {r['cut']:>4} {r['ended_whole']:>6} "
             f"{r['equal_to_uninterrupted']:>6} {r['mean_matching_share']:>9.3f}"
         )
 
