@@ -32,6 +32,7 @@ from vllm_fleet.registry.limits import IDLE_S, Allowance, Buckets, Wallet, limit
 from vllm_fleet.registry.records import KeyLimits
 from vllm_fleet.router.backends import Pool
 from vllm_fleet.router.body import RequestFacts
+from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, policy
 from vllm_fleet.router.proxy import json_error
 from vllm_fleet.wire.http1_server import Reply, Request
@@ -46,7 +47,7 @@ BROWSER_KEY = "openai-insecure-api-key."  # a Sec-WebSocket-Protocol item: the k
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """The tokens a request of a key with a token limit was charged up front: settled once it is answered."""
+    """The tokens a request of an API key was charged up front: settled once it is answered."""
 
     limits: KeyLimits
     tokens: int
@@ -55,9 +56,12 @@ class Charge:
 class RegistryLink:
     """The router's view of a registry: routes into the pool, policies per model, keys and limits."""
 
-    def __init__(self, url: str, pool: Pool, static_backends: Sequence[str], refresh_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str, pool: Pool, metrics: RouterMetrics, static_backends: Sequence[str], refresh_s: float = 5.0
+    ) -> None:
         self.url = url
         self.pool = pool
+        self.metrics = metrics
         self.static_backends = tuple(static_backends)
         self.refresh_s = refresh_s
         self.policies: dict[str, Policy] = {}
@@ -133,7 +137,7 @@ class RegistryLink:
                 failing = False
 
     async def admit(self, request: Request, facts: RequestFacts) -> Reply | Charge | None:
-        """Its 401 or 429 answer; else the request may go on: with its Charge when its key limits tokens."""
+        """Its 401 or 429 answer; else None (no key needed) or the Charge of its key (the request may go on)."""
         if not self.keys_required:
             return None
         secret = _bearer(request) or (_offered_key(request) if request.upgrade else "")
@@ -143,7 +147,8 @@ class RegistryLink:
             return json_error(f"a valid API key is required: `Authorization: Bearer <key>`{how}", 401, "Unauthorized")
         wait = await self._allow(limits, facts.tokens) if limited(limits) else None
         if wait is None:
-            return Charge(limits, facts.tokens) if limits.tokens_per_min is not None else None
+            return Charge(limits, facts.tokens)
+        self.metrics.key_refused(limits.name)
         return json_error(
             f"API key {limits.name!r} is over its limit; retry in {wait:.0f} s",
             429,
@@ -154,9 +159,10 @@ class RegistryLink:
     def settle(self, charge: Charge, used: int | None) -> None:
         """The request used ``used`` tokens, not the estimate it was charged: this replica's wallet of its key
         gets the difference back, or owes it (the key's next lease pays the debt). None: the estimate stands."""
+        self.metrics.key_used(charge.limits.name, charge.tokens if used is None else used)
         wallet = self._wallets.get(charge.limits.name)
-        if used is not None and wallet is not None and wallet.limits == charge.limits:  # else deleted or made anew
-            wallet.tokens += charge.tokens - used
+        if used is not None and charge.limits.tokens_per_min is not None and wallet and wallet.limits == charge.limits:
+            wallet.tokens += charge.tokens - used  # (no wallet: the key was deleted or made anew with other limits)
 
     async def _allow(self, limits: KeyLimits, tokens: int) -> float | None:
         """None if the request may go on (charged to its key); else the seconds until it could."""

@@ -1,9 +1,10 @@
 """The router's own Prometheus metrics (its /metrics), in a registry of its own.
 
-The two counted on every request (answers by model, backend and status; the added latency) are plain
-numbers read at scrape time by a collector, not prometheus_client's metric objects: those take a lock per
-increment and walk the buckets in Python, about a twentieth of the router's CPU per request
-(benchmarks/bench_router.py). One event loop updates and reads them, so no lock is needed.
+The ones counted on every request (answers by model, backend and status; the added latency; an API
+key's requests and tokens) are plain numbers read at scrape time by a collector, not prometheus_client's
+metric objects: those take a lock per increment and walk the buckets in Python, about a twentieth of the
+router's CPU per request (benchmarks/bench_router.py). One event loop updates and reads them, so no lock
+is needed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class RouterMetrics:
         self._answers: Tally[tuple[str, str, str]] = Tally()
         self._added = [0] * (len(_ADDED_BUCKETS) + 1)  # per bucket (not cumulative), the last one +Inf
         self._added_sum = 0.0
+        self._key_requests: Tally[tuple[str, str]] = Tally()  # (key name, admitted | refused): the registry's keys
+        self._key_tokens: Tally[str] = Tally()
         r.register(self)
 
     def answered(self, model: str, backend: str, status: int) -> None:
@@ -47,6 +50,15 @@ class RouterMetrics:
         """Observe the time the router added to one request."""
         self._added[bisect_left(_ADDED_BUCKETS, seconds)] += 1
         self._added_sum += seconds
+
+    def key_used(self, name: str, tokens: int) -> None:
+        """Count one request of API key ``name`` that was answered, and the tokens it used."""
+        self._key_requests[name, "admitted"] += 1
+        self._key_tokens[name] += tokens
+
+    def key_refused(self, name: str) -> None:
+        """Count one request of API key ``name`` refused over its limits (a 429)."""
+        self._key_requests[name, "refused"] += 1
 
     def collect(self) -> Iterator[Metric]:
         """The per-request counts, as the registry's collector."""
@@ -68,6 +80,21 @@ class RouterMetrics:
             buckets.append((bound, cumulative))
         added.add_metric([], buckets, self._added_sum)
         yield added
+        requests = CounterMetricFamily(
+            "vllm_fleet_router_key_requests", "Requests of each API key, admitted or refused over its limits.",
+            labels=["key", "outcome"],
+        )  # fmt: skip
+        for (name, outcome), count in self._key_requests.items():
+            requests.add_metric([name, outcome], count)
+        yield requests
+        tokens = CounterMetricFamily(
+            "vllm_fleet_router_key_tokens",
+            "Tokens used by each API key's requests: as their answers' usage says, else as estimated.",
+            labels=["key"],
+        )
+        for name, count in self._key_tokens.items():
+            tokens.add_metric([name], count)
+        yield tokens
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.router.harness import chat, client, error_of, make_key, post, routing
+from tests.integration.router.harness import chat, client, error_of, make_key, metric, post, routing
 from tests.servers.fake_engine import running
 from tests.servers.faults import Answer, FaultServer, Stream
 from vllm_fleet.router.server import Router
@@ -163,6 +163,32 @@ def test_a_registry_that_lends_no_allowance_leaves_each_replica_limiting_keys_on
                 assert len(said) == 1 and "key_buckets" in said[0]
 
         asyncio.run(body())
+
+
+def test_each_keys_requests_and_tokens_are_in_the_metrics(tmp_path: Path) -> None:
+    """Per key: requests admitted and refused, and the tokens its answers used (a key without limits too)."""
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    limited, free = make_key(url, "team-g", tokens_per_min=1000), make_key(url, "team-h")
+    with FaultServer(models=("m",)) as backend:
+        backend.always(PATH, Answer(body=b'{"choices":[],"usage":{"prompt_tokens":1,"total_tokens":700}}'))
+
+        async def body() -> str:
+            async with routing(backend.url, registry=url) as router, client() as http:
+                assert await statuses(http, router, limited, 3, max_tokens=None) == [200, 200, 429]
+                assert await statuses(http, router, free, 4) == [200] * 4
+                async with http.get(f"{router.url}/metrics") as resp:
+                    return await resp.text()
+
+        text = asyncio.run(body())
+    counts = {
+        (key, outcome): metric(text, "vllm_fleet_router_key_requests_total", key=key, outcome=outcome)
+        for key in ("team-g", "team-h")
+        for outcome in ("admitted", "refused")
+    }
+    assert counts == {("team-g", "admitted"): 2, ("team-g", "refused"): 1, ("team-h", "admitted"): 4,
+                      ("team-h", "refused"): 0}  # fmt: skip
+    assert metric(text, "vllm_fleet_router_key_tokens_total", key="team-g") == 1400
+    assert metric(text, "vllm_fleet_router_key_tokens_total", key="team-h") == 2800
 
 
 async def statuses(http: aiohttp.ClientSession, router: Router, secret: str, n: int, **body: Any) -> list[int]:
