@@ -110,15 +110,16 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 async def request_body(session: aiohttp.ClientSession, engine: str, form: str, question: str, max_tokens: int) -> bytes:
     """The streamed greedy request of ``form`` (chat, text or ids) asking ``question``."""
     body: dict = {"model": "smollm2", "max_tokens": max_tokens, "temperature": 0, "stream": True}
-    prompt = f"Question: {question}\nAnswer:"
+    messages = [{"role": "user", "content": question}]
     if form == "chat":
-        body["messages"] = [{"role": "user", "content": question}]
-    elif form == "text":
-        body["prompt"] = prompt
-    else:
-        async with session.post(f"{engine}/tokenize", json={"model": "smollm2", "prompt": prompt}) as resp:
-            body["prompt"] = (await resp.json())["tokens"]
-    return json.dumps(body).encode()
+        return json.dumps(body | {"messages": messages}).encode()
+    # A completion of the same chat, its template applied by vLLM: as token ids, or as their text.
+    async with session.post(f"{engine}/tokenize", json={"model": "smollm2", "messages": messages}) as resp:
+        ids = (await resp.json())["tokens"]
+    if form == "ids":
+        return json.dumps(body | {"prompt": ids}).encode()
+    async with session.post(f"{engine}/detokenize", json={"model": "smollm2", "tokens": ids}) as resp:
+        return json.dumps(body | {"prompt": (await resp.json())["prompt"]}).encode()
 
 
 async def stream_text(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[str, bool]:

@@ -28,7 +28,7 @@ from vllm_fleet.router.backends import Backend, Pool
 from vllm_fleet.router.body import RequestFacts
 from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, least_load
-from vllm_fleet.router.resume import Transcript, continuation_body, needs_text_ids, without_role_event
+from vllm_fleet.router.resume import DONE_EVENT, Transcript, continuation_body, needs_text_ids, without_role_event
 from vllm_fleet.router.usage import Meter
 from vllm_fleet.wire import http1, upgrade
 from vllm_fleet.wire.http1_server import Reply, Request
@@ -217,7 +217,7 @@ class Proxy:
                 and await self._resume(request, facts, transcript, tried, body, request_headers, meter)
             )
             if resumed:
-                log_access(request, 200, facts.model, backend.url, attempts, started, "continued on another backend")
+                log_access(request, 200, facts.model, backend.url, attempts, started, resumed)
                 self.metrics.answered(facts.model or "", backend.url, 200)
                 return None
             log_access(request, upstream.status, facts.model, backend.url, attempts, started, "aborted mid-answer")
@@ -269,17 +269,25 @@ class Proxy:
         body: bytes,
         headers: list[tuple[str, str]],
         meter: Meter | None,
-    ) -> bool:
-        """Continue the stream on other backends (within the retry budget); True once it ended whole."""
+    ) -> str:
+        """Continue the stream on other backends (within the retry budget): how it ended whole (the access log's
+        note), or "" when it could not."""
         write = request.writer() if meter is None else meter.sink(request.writer(), True)
-        while len(tried) <= self.retries:
+        while True:
             transcript.cut()
-            text, tokens, finished = transcript.so_far()
+            text, tokens, finished, done = transcript.so_far()
+            if finished:  # the answer had ended: only its last events (a usage event, [DONE]) were lost
+                if not done:
+                    write(DONE_EVENT)
+                request.finish()
+                return "ended by the router: its backend failed after the answer's end"
+            if len(tried) > self.retries:
+                return ""
             again = continuation_body(body, text, tokens)
             ids_needed = again is None and bool(text) and needs_text_ids(body)
             left = [b for b in self.pool.available(facts.model) if b not in tried]
-            if finished or (again is None and not ids_needed) or not left:
-                return False
+            if (again is None and not ids_needed) or not left:
+                return ""
             backend = least_load(left, facts, None)
             tried.append(backend)
             self.metrics.retries.labels("continued").inc()
@@ -291,7 +299,7 @@ class Proxy:
                     text_ids = await _text_ids(client, facts.model or "", text, headers)
                     again = None if text_ids is None else continuation_body(body, text, tokens, text_ids)
                 if again is None:
-                    return False
+                    return ""
                 head = client.head(request.method, request.path_qs, again, headers)
                 upstream = await client.request(request.method, request.path_qs, again, head)
                 if upstream.status != 200:
@@ -308,14 +316,13 @@ class Proxy:
                     write(rest)
                 request.finish()
                 self.pool.succeeded(backend)
-                return True
+                return "continued on another backend"
             except UPSTREAM_ERRORS as exc:
                 self.pool.failed(backend, f"{exc.__class__.__name__} continuing a stream")
             finally:
                 backend.in_flight -= 1
                 if upstream is not None:
                     upstream.release()
-        return False
 
     def _next(
         self,

@@ -8,6 +8,8 @@ another backend with that text as a final assistant message and vLLM's
 streamed. The continuation's opening role event is dropped, so the client sees one stream.
 A completion (/v1/completions) is continued from the prompt with the text appended: a text prompt as
 text; a prompt of token ids with the text's ids, from the new backend's ``/tokenize`` (vLLM's).
+A backend that fails after the answer's end (its finish_reason came; a usage event or [DONE] did
+not) leaves nothing to continue: the router ends the stream with the [DONE] the client waits for.
 
 What the client cannot tell apart: nothing in the text; the chunks after the switch carry the new
 backend's completion id, and a final usage event counts the continuation only. Greedy decoding
@@ -19,11 +21,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from vllm_fleet.wire.sse import DONE, EVENT_ENDS, SSEDecoder, event_end
 
 MAX_HELD = 1024 * 1024  # a torn event held back longer than this: not SSE; passed on as it comes, not continued
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+class SoFar(NamedTuple):
+    """What a stream's client has had: the assistant text, the content events it came in, whether the
+    answer had finished (a finish_reason, or [DONE]) and whether [DONE] itself came."""
+
+    text: str
+    events: int
+    finished: bool
+    done: bool
 
 
 class Transcript:
@@ -74,13 +87,12 @@ class Transcript:
         rest, self._held = self._held, b""
         return rest
 
-    def so_far(self) -> tuple[str, int, bool]:
-        """(assistant text the client has, content events it came in, whether the answer had finished)."""
+    def so_far(self) -> SoFar:
         text: list[str] = []
-        events, finished = 0, False
+        events, finished, done = 0, False, False
         for payload in SSEDecoder().feed(b"".join(self._sent)):
             if payload == DONE:
-                finished = True
+                finished = done = True
                 continue
             try:
                 choices = json.loads(payload).get("choices") or []
@@ -92,7 +104,7 @@ class Transcript:
                     text.append(content)
                     events += 1
                 finished |= choice.get("finish_reason") is not None
-        return "".join(text), events, finished
+        return SoFar("".join(text), events, finished, done)
 
 
 def continuation_body(body: bytes, text: str, tokens: int, text_ids: list[int] | None = None) -> bytes | None:

@@ -93,6 +93,35 @@ def test_with_no_other_backend_the_client_sees_the_stream_break() -> None:
         assert len(only.requests(PATH)) == 1  # never sent twice to the same backend
 
 
+FINISHED = (ROLE, event({"content": "Paris"}), event({"content": "."}, "stop"))
+
+
+@pytest.mark.parametrize(
+    "sent", [FINISHED, (*FINISHED, b"[DONE]")], ids=["finish-reason-came", "done-came-but-not-the-chunked-end"]
+)
+def test_a_backend_failing_after_the_answers_end_leaves_a_whole_stream_and_sends_nothing_again(
+    sent: tuple[bytes, ...],
+) -> None:
+    """The answer had finished when its backend died: there is nothing to continue; the router ends the stream
+    (with the [DONE] that was lost, if it was), even with no other backend to go to."""
+    with FaultServer() as only:
+        only.script(PATH, Stream(sent, reset=True))
+
+        async def body() -> bytes:
+            async with (
+                routing(only.url) as router,
+                client() as http,
+                http.post(f"{router.url}{PATH}", json=chat(stream=True)) as resp,
+            ):
+                return await resp.read()  # raises if the stream did not end
+
+        raw = asyncio.run(body())
+        events = [json.loads(b[6:]) for b in raw.split(b"\n\n") if b.startswith(b"data: {")]
+        assert [e["choices"][0]["delta"].get("content") for e in events] == ["", "Paris", "."]
+        assert raw.count(b"data: [DONE]") == 1 and raw.endswith(b"data: [DONE]\n\n")
+        assert len(only.requests(PATH)) == 1
+
+
 def test_a_stream_that_is_not_sse_reaches_the_client_whole_and_is_not_continued() -> None:
     """Past MAX_HELD bytes with no event end the stream is not SSE: passed on as it came, and a continuation
     (which would need whole events) is not tried when it breaks."""

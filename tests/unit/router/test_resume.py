@@ -22,7 +22,7 @@ def test_a_torn_event_is_held_until_its_end_arrives() -> None:
     assert t.whole_events(whole[:5]) == b""
     assert t.whole_events(whole[5:-3]) == delta("Hel")
     assert t.whole_events(whole[-3:]) == delta("lo")
-    assert t.so_far() == ("Hello", 2, False)
+    assert t.so_far() == ("Hello", 2, False, False)
 
 
 def test_the_sink_passes_whole_events_at_once_holds_a_torn_one_and_a_cut_drops_it() -> None:
@@ -35,7 +35,7 @@ def test_the_sink_passes_whole_events_at_once_holds_a_torn_one_and_a_cut_drops_i
     assert written[-1] == b""  # torn: nothing of it yet
     sink(torn[7:] + delta(" is")[:4])
     assert written[-1] == torn  # its end arrived: the event, and the next one's start held back
-    assert t.so_far() == ("The end", 2, False)
+    assert t.so_far() == ("The end", 2, False, False)
     t.cut()  # the backend died: the held start never reached the client
     assert t.rest() == b""
     assert sink(delta(".")) and written[-1] == delta(".")
@@ -51,7 +51,7 @@ def test_events_with_crlf_line_ends_are_whole_as_lf_ones_are() -> None:
     sink(crlf[1][:-1])  # its blank line's LF still to come
     sink(crlf[1][-1:] + crlf[2] + b"data:[DONE]\r\n\r\n")
     assert written[1:] == [b"", crlf[1] + crlf[2] + b"data:[DONE]\r\n\r\n"]
-    assert t.so_far() == ("Hello", 2, True)  # "data:" without its optional space read too
+    assert t.so_far() == ("Hello", 2, True, True)  # "data:" without its optional space read too
     assert without_role_event(b"".join(crlf)) == crlf[1] + crlf[2]
 
 
@@ -64,8 +64,10 @@ def test_a_stream_that_is_not_sse_goes_on_as_it_comes_and_is_not_continued() -> 
 
 def test_so_far_sees_the_end_of_an_answer() -> None:
     t = Transcript()
-    t.whole_events(delta("", role="assistant") + delta("Hi", finish="stop") + b"data: [DONE]\n\n")
-    assert t.so_far() == ("Hi", 1, True)
+    t.whole_events(delta("", role="assistant") + delta("Hi", finish="stop"))
+    assert t.so_far() == ("Hi", 1, True, False)  # finished, its [DONE] still to come
+    t.whole_events(b"data: [DONE]\n\n")
+    assert t.so_far() == ("Hi", 1, True, True)
 
 
 def test_the_continuation_carries_the_text_and_a_smaller_budget() -> None:
@@ -91,7 +93,7 @@ def test_a_completion_continues_from_its_prompt_and_the_text_so_far() -> None:
     assert json.loads(continuation_body(listed, " the", 1) or b"")["prompt"] == "Paris is the"
     t = Transcript()
     t.whole_events(sse({"choices": [{"index": 0, "text": " the", "finish_reason": None}]}))
-    assert t.so_far() == (" the", 1, False)
+    assert t.so_far() == (" the", 1, False, False)
 
 
 def test_what_cannot_be_continued() -> None:
