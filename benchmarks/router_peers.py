@@ -214,11 +214,16 @@ def realtime(work: Path, cores: set[int] | None, model: str = "m") -> Proc:
 
 
 def ours(
-    work: Path, backends: list[str], cores: set[int] | None, policy: str = "prefix", model: str | None = "yardstick"
+    work: Path,
+    backends: list[str],
+    cores: set[int] | None,
+    policy: str = "prefix",
+    model: str | None = "yardstick",
+    flags: tuple[str, ...] = (),
 ) -> Proc:
     port = free_port()
     argv = [str(OURS), "router", *(a for b in backends for a in ("--backend", b)), "--port", str(port)]
-    argv += ["--policy", policy, "--no-access-log"]
+    argv += ["--policy", policy, "--no-access-log", *flags]
     proc = _start(f"ours ({policy})", argv, f"http://127.0.0.1:{port}", cores, work / f"ours-{port}.log")
     proc.wait_ready(60, model)
     return proc
