@@ -27,7 +27,7 @@ import aiohttp
 from vllm_fleet.router import admin, chat
 from vllm_fleet.router.access import RegistryLink
 from vllm_fleet.router.backends import Pool
-from vllm_fleet.router.body import NO_FACTS, BodyError, RequestFacts, read_facts
+from vllm_fleet.router.body import NO_FACTS, BodyError, read_facts
 from vllm_fleet.router.config import RouterConfig
 from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, policy
@@ -154,21 +154,17 @@ class Router:
                 return admitted
             charge = admitted
             choose = registry.policies.get(facts.model or "", choose)
+        if request.upgrade:
+            if charge is not None and registry is not None:
+                registry.settle(charge, None)  # a WebSocket's tokens are not metered: its estimate (none) stands
+            return await self.proxy.tunnel(request, facts, choose, started)
         if charge is None or registry is None:
-            return await self._answer(request, facts, choose, started)
+            return await self.proxy.forward(request, facts, choose, started)
         meter = Meter()
         try:
-            return await self._answer(request, facts, choose, started, meter)
+            return await self.proxy.forward(request, facts, choose, started, meter)
         finally:  # a client gone mid-answer too: it is charged what it was sent
             registry.settle(charge, meter.used(facts.prompt_tokens))
-
-    async def _answer(
-        self, request: Request, facts: RequestFacts, choose: Policy, started: float, meter: Meter | None = None
-    ) -> Reply | None:
-        assert self.proxy is not None
-        if request.upgrade:  # a WebSocket's tokens are not metered: its estimate (none) stands
-            return await self.proxy.tunnel(request, facts, choose, started)
-        return await self.proxy.forward(request, facts, choose, started, meter)
 
 
 _TEXT = [("Content-Type", "text/plain; charset=utf-8")]
