@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -77,22 +78,28 @@ def create_key(
 
 @keys_app.command("list")
 def list_keys(registry: str | None = RegistryOpt, as_json: bool = JsonOpt) -> None:
-    """List the API keys: names and limits (secrets are never stored)."""
+    """List the API keys: names, limits and what each has left now (secrets are never stored)."""
+
     with errors(as_json):
-        keys = run(_with_registry(registry, lambda r: r.keys()))
+        keys = run(_with_registry(registry, lambda r: r.allowances()))
+    rows = [(key, _left(key.requests_per_min, now.requests), _left(key.tokens_per_min, now.tokens))
+            for key, now in keys]  # fmt: skip
     if as_json:
-        print_json([key.to_dict() for key in keys])
+        print_json([key.to_dict() | {"requests_left": requests, "tokens_left": tokens} for key, requests, tokens in
+                    rows])  # fmt: skip
         return
-    if not keys:
+    if not rows:
         console.print("no API keys; create one: vllm-fleet keys create NAME [--rpm N] [--tpm N]")
         return
     from rich.table import Table
 
-    table = Table(title="API keys", title_justify="left")
-    for column in ("name", "requests/min", "tokens/min"):
-        table.add_column(column)
-    for key in keys:
-        table.add_row(key.name, _limit(key.requests_per_min), _limit(key.tokens_per_min))
+    table = Table(title="API keys (left: in the registry now; router replicas may hold a second's more)",
+                  title_justify="left")  # fmt: skip
+    for column in ("name", "requests/min", "left", "tokens/min", "left"):
+        table.add_column(column, justify="right")
+    for key, requests, tokens in rows:
+        table.add_row(key.name, _limit(key.requests_per_min), _limit(requests), _limit(key.tokens_per_min),
+                      _limit(tokens))  # fmt: skip
     console.print(table)
 
 
@@ -117,6 +124,11 @@ def delete_key(
 
 def _limit(value: int | None) -> str:
     return "unlimited" if value is None else str(value)
+
+
+def _left(limit: int | None, level: float) -> int | None:
+    """What a bucket has left, in whole units (a debt shows as negative); None for an unlimited one."""
+    return None if limit is None else math.floor(level)
 
 
 def register(app: typer.Typer) -> None:

@@ -239,6 +239,22 @@ class Registry(ABC):
 
     # --- the keys' buckets, which router replicas take leases from ---------------------------
 
+    async def allowances(self, now: float | None = None) -> list[tuple[KeyLimits, Allowance]]:
+        """Every API key, by name, with its allowance in the registry now: what its buckets hold (full for a key
+        not used yet). Router replicas may hold up to about a second of its rate more, leased and not spent."""
+        now = time.time() if now is None else now
+        async with self._session(write=False) as session:
+            rows = await session.fetch(
+                "SELECT k.name, k.requests_per_min, k.tokens_per_min, b.requests, b.tokens, b.stamp FROM api_keys k"
+                " LEFT JOIN key_buckets b ON b.key_name = k.name ORDER BY k.name"
+            )
+        left = []
+        for name, rpm, tpm, *bucket in rows:
+            limits = KeyLimits(name, rpm, tpm)
+            buckets = Buckets.full(limits, now) if bucket[2] is None else Buckets(*bucket)
+            left.append((limits, buckets.left(limits, now)))
+        return left
+
     async def take_allowance(
         self, limits: KeyLimits, want: Allowance, need: Allowance, now: float | None = None
     ) -> tuple[Allowance, float]:

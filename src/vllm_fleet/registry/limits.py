@@ -80,6 +80,12 @@ class Buckets:
         self.tokens = max(-float(limits.tokens_per_min or 0), self.tokens - tokens)  # debt: two minutes' wait at most
         return Allowance(requests, tokens), 0.0
 
+    def left(self, limits: KeyLimits, now: float) -> Allowance:
+        """What the buckets hold at ``now`` (refilled; nothing is taken)."""
+        refilled = Buckets(self.requests, self.tokens, self.stamp)
+        refilled._refill(limits, now)
+        return Allowance(refilled.requests, refilled.tokens)
+
     def give(self, limits: KeyLimits, amount: Allowance, now: float) -> None:
         """Put an unused lease back (never past a full bucket), or a wallet's debt (never past the debt bound)."""
         self._refill(limits, now)

@@ -170,6 +170,22 @@ def test_leases_taken_at_once_through_several_connections_never_pass_a_keys_limi
     assert anew == 30
 
 
+def test_each_keys_allowance_left_is_its_buckets_refilled_to_now_or_full(registry_url: str) -> None:
+    """What `vllm-fleet keys list` shows: a key not used yet is full, a leased one less its lease, refilling."""
+    team = KeyLimits("team", requests_per_min=60, tokens_per_min=6000)
+
+    async def body(registry: Registry) -> list[tuple[KeyLimits, Allowance]]:
+        await registry.create_key("free")
+        await registry.create_key("team", requests_per_min=60, tokens_per_min=6000)
+        await registry.take_allowance(team, Allowance(40, 5000), Allowance(1, 100), now=1000.0)
+        return await registry.allowances(now=1010.0)
+
+    assert using(registry_url, body) == [
+        (KeyLimits("free"), Allowance(0.0, 0.0)),  # unlimited: nothing counted
+        (team, Allowance(20.0 + 10, 1000.0 + 1000)),  # 10 s refilled: 10 requests, 1,000 tokens
+    ]
+
+
 def test_postgres_scheme_alias_and_two_replicas_sharing_one_registry(postgres_url: str) -> None:
     """Two router replicas (two pools) on one PostgreSQL: what one registers the other routes."""
     alias = "postgres://" + postgres_url.split("://", 1)[1]

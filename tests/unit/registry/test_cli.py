@@ -63,8 +63,11 @@ def test_keys_create_list_delete(app: typer.Typer, tmp_path: Path) -> None:
     secret = out.strip()
     assert code == 0 and secret.startswith("vf-") and "\n" not in secret
     code, out = invoke(app, "keys", "list", "--registry", url, "--json")
-    assert json.loads(out) == [{"name": "alice", "requests_per_min": 10, "tokens_per_min": None}]
-    assert secret not in invoke(app, "keys", "list", "--registry", url)[1]
+    assert json.loads(out) == [
+        {"name": "alice", "requests_per_min": 10, "tokens_per_min": None, "requests_left": 10, "tokens_left": None}
+    ]
+    table = invoke(app, "keys", "list", "--registry", url)[1]
+    assert secret not in table and "alice" in table and "unlimited" in table
     assert invoke(app, "keys", "create", "alice", "--registry", url)[0] == 1  # exists
     assert invoke(app, "keys", "create", "bad name", "--registry", url)[0] == 2
     assert invoke(app, "keys", "create", "zero", "--tpm", "0", "--registry", url)[0] == 2

@@ -132,3 +132,11 @@ def test_a_wallet_in_debt_leases_the_debt_with_its_next_request_and_gives_a_debt
     assert buckets.tokens == pytest.approx(600 - 20 - 280)
     buckets.give(TPM, Allowance(tokens=-(10**6)), 0.0)
     assert buckets.tokens == pytest.approx(-600)
+
+
+def test_what_the_buckets_have_left_is_read_refilled_and_nothing_is_taken() -> None:
+    buckets = Buckets.full(TPM, 0.0)
+    buckets.take(TPM, Allowance(tokens=600), Allowance(tokens=600), 0.0)
+    assert buckets.left(TPM, 30.0) == Allowance(0.0, 300.0)  # half a minute: half refilled
+    assert buckets.left(TPM, 90.0) == Allowance(0.0, 600.0)  # never past full
+    assert (buckets.tokens, buckets.stamp) == (0.0, 0.0)  # only read
