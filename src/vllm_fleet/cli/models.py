@@ -95,7 +95,8 @@ def list_keys(registry: str | None = RegistryOpt, as_json: bool = JsonOpt) -> No
 
     table = Table(title="API keys (left: in the registry now; router replicas may hold a second's more)",
                   title_justify="left")  # fmt: skip
-    for column in ("name", "requests/min", "left", "tokens/min", "left"):
+    table.add_column("name")
+    for column in ("requests/min", "left", "tokens/min", "left"):
         table.add_column(column, justify="right")
     for key, requests, tokens in rows:
         table.add_row(key.name, _limit(key.requests_per_min), _limit(requests), _limit(key.tokens_per_min),
