@@ -251,8 +251,7 @@ class Registry(ABC):
         left = []
         for name, rpm, tpm, *bucket in rows:
             limits = KeyLimits(name, rpm, tpm)
-            buckets = Buckets.full(limits, now) if bucket[2] is None else Buckets(*bucket)
-            left.append((limits, buckets.left(limits, now)))
+            left.append((limits, Buckets.stored(limits, bucket, now).left(limits, now)))
         return left
 
     async def take_allowance(
@@ -272,7 +271,7 @@ class Registry(ABC):
             await self._serialize(session, f"key-buckets:{limits.name}")
             sql = "SELECT requests, tokens, stamp FROM key_buckets WHERE key_name = ?"
             rows = await session.fetch(sql, limits.name)
-            buckets = Buckets(*rows[0]) if rows else Buckets.full(limits, now)
+            buckets = Buckets.stored(limits, rows[0] if rows else None, now)
             out = change(buckets, now)
             await session.execute(
                 "INSERT INTO key_buckets (key_name, requests, tokens, stamp) VALUES (?, ?, ?, ?)"

@@ -23,7 +23,8 @@ Pure: the caller passes ``now`` (a clock shared by the replicas: ``time.time()``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from vllm_fleet.registry.records import KeyLimits
 
@@ -62,6 +63,14 @@ class Buckets:
     def full(cls, limits: KeyLimits, now: float) -> Buckets:
         return cls(float(limits.requests_per_min or 0), float(limits.tokens_per_min or 0), now)
 
+    @classmethod
+    def stored(cls, limits: KeyLimits, row: Sequence[float] | None, now: float) -> Buckets:
+        """The buckets as the registry stores them (requests, tokens, stamp); full for a key with none yet (no row,
+        or a row of NULLs from an outer join)."""
+        if row is None or row[2] is None:
+            return cls.full(limits, now)
+        return cls(*row)
+
     def take(self, limits: KeyLimits, want: Allowance, need: Allowance, now: float) -> tuple[Allowance, float]:
         """Take up to ``want`` if at least ``need`` is there: (what was taken, 0.0); else nothing is taken:
         (``NOTHING``, the seconds until ``need`` would be). A need larger than the whole minute waits for a
@@ -82,7 +91,7 @@ class Buckets:
 
     def left(self, limits: KeyLimits, now: float) -> Allowance:
         """What the buckets hold at ``now`` (refilled; nothing is taken)."""
-        refilled = Buckets(self.requests, self.tokens, self.stamp)
+        refilled = replace(self)
         refilled._refill(limits, now)
         return Allowance(refilled.requests, refilled.tokens)
 

@@ -31,12 +31,17 @@ class RequestFacts:
     shallow: str  # leading text, system prompt depth
     deep: str  # leading text, conversation depth
     session: str | None  # the `user` field (a header may override it)
-    tokens: int  # prompt estimate + max_tokens: what a key's token limit is charged up front
     stream: bool
     prompt_tokens: int = 0  # the prompt's estimate: all its text / CHARS_PER_TOKEN, or its token ids
+    max_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        """The prompt's estimate + max_tokens: what a key's token limit is charged up front, and the load."""
+        return self.prompt_tokens + self.max_tokens
 
 
-NO_FACTS = RequestFacts(None, "", "", None, 0, False)
+NO_FACTS = RequestFacts(None, "", "", None, False)
 
 
 def read_facts(body: bytes) -> RequestFacts:
@@ -52,16 +57,15 @@ def read_facts(body: bytes) -> RequestFacts:
         raise BodyError("`model` must be a string")
     shallow, deep = _leading_text(data)
     max_tokens = data.get("max_tokens") or data.get("max_completion_tokens") or 0
-    prompt_tokens = _prompt_tokens(data)
     user = data.get("user")
     return RequestFacts(
         model=model,
         shallow=shallow,
         deep=deep,
         session=user if isinstance(user, str) else None,
-        tokens=prompt_tokens + (max_tokens if isinstance(max_tokens, int) else 0),
         stream=data.get("stream") is True,
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=_prompt_tokens(data),
+        max_tokens=max_tokens if isinstance(max_tokens, int) else 0,
     )
 
 
