@@ -255,11 +255,12 @@ class Registry(ABC):
         return left
 
     async def take_allowance(
-        self, limits: KeyLimits, want: Allowance, need: Allowance, now: float | None = None
+        self, limits: KeyLimits, want: Allowance, need: Allowance, owed: float = 0.0, now: float | None = None
     ) -> tuple[Allowance, float]:
-        """Take a lease of up to ``want`` from key ``limits.name``'s buckets if at least ``need`` is there:
-        (the lease, 0.0); else (nothing, seconds until ``need`` would be). Atomic across router replicas."""
-        return await self._buckets(limits, now, lambda buckets, at: buckets.take(limits, want, need, at))
+        """Take a lease of up to ``want`` from key ``limits.name``'s buckets if at least ``need`` is there, once
+        the tokens ``owed`` are paid in: (the lease, 0.0); else (nothing, seconds until ``need`` would be).
+        Atomic across router replicas."""
+        return await self._buckets(limits, now, lambda buckets, at: buckets.take(limits, want, need, at, owed))
 
     async def give_allowance(self, limits: KeyLimits, amount: Allowance, now: float | None = None) -> None:
         """Put a lease's unused part back into key ``limits.name``'s buckets."""

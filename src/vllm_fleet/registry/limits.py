@@ -3,7 +3,8 @@
 A bucket holds a minute's allowance and refills continuously (limit / 60 per second), so a key may
 burst up to its per-minute limit and then runs at its rate. A request is charged its estimated
 tokens (the prompt's and its ``max_tokens``) up front, and settled to what its answer says it used
-once it is over (router/usage.py): a wallet may so owe tokens, which its next lease pays. A request
+once it is over (router/usage.py): a wallet may so owe tokens, which its next lease pays into the
+bucket before the next request's need is looked at (or which goes back with what it holds). A request
 larger than the whole per-minute allowance is let through when the bucket is full and leaves it in
 debt, rather than being refused forever.
 
@@ -71,11 +72,16 @@ class Buckets:
             return cls.full(limits, now)
         return cls(*row)
 
-    def take(self, limits: KeyLimits, want: Allowance, need: Allowance, now: float) -> tuple[Allowance, float]:
+    def take(
+        self, limits: KeyLimits, want: Allowance, need: Allowance, now: float, owed: float = 0.0
+    ) -> tuple[Allowance, float]:
         """Take up to ``want`` if at least ``need`` is there: (what was taken, 0.0); else nothing is taken:
         (``NOTHING``, the seconds until ``need`` would be). A need larger than the whole minute waits for a
-        full bucket only, and takes it into debt."""
+        full bucket only, and takes it into debt. ``owed`` (tokens a wallet's answers used beyond what they
+        were charged) comes off first, whatever the answer."""
         self._refill(limits, now)
+        if owed:
+            self.give(limits, Allowance(tokens=-owed), now)
         pairs = ((self.requests, limits.requests_per_min, want.requests, need.requests),
                  (self.tokens, limits.tokens_per_min, want.tokens, need.tokens))  # fmt: skip
         wait = max(_wait(level, min(needed, limit), limit) for level, limit, _, needed in pairs if limit is not None)
@@ -143,12 +149,14 @@ class Wallet:
         self.used_at = now
         return True
 
-    def lease(self, tokens: int) -> tuple[Allowance, Allowance]:
-        """(want, need): the lease to ask for, and the least of it one more request of ``tokens`` needs."""
+    def lease(self, tokens: int) -> tuple[Allowance, Allowance, float]:
+        """(want, need, owed): the lease to ask for, the least of it one more request of ``tokens`` needs, and
+        the wallet's debt, handed over with the asking (the wallet owes nothing after)."""
         rpm, tpm = self.limits.requests_per_min, self.limits.tokens_per_min
+        owed, self.tokens = max(0.0, -self.tokens), max(0.0, self.tokens)
         need = Allowance(max(0.0, 1 - self.requests) if rpm else 0.0, max(0.0, tokens - self.tokens) if tpm else 0.0)
         ahead = [(limit or 0) * LEASE_S // WINDOW_S for limit in (rpm, tpm)]
-        return Allowance(need.requests + ahead[0], need.tokens + ahead[1]), need
+        return Allowance(need.requests + ahead[0], need.tokens + ahead[1]), need, owed
 
     def refuse(self, wait: float, now: float) -> None:
         """The buckets had not what a request needed: refuse the key's next requests here, for up to a lease's

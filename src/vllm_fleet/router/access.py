@@ -160,9 +160,18 @@ class RegistryLink:
         """The request used ``used`` tokens, not the estimate it was charged: this replica's wallet of its key
         gets the difference back, or owes it (the key's next lease pays the debt). None: the estimate stands."""
         self.metrics.key_used(charge.limits.name, charge.tokens if used is None else used)
-        wallet = self._wallets.get(charge.limits.name)
-        if used is not None and charge.limits.tokens_per_min is not None and wallet and wallet.limits == charge.limits:
-            wallet.tokens += charge.tokens - used  # (no wallet: the key was deleted or made anew with other limits)
+        if used is not None:
+            self._owe(charge.limits, used - charge.tokens)
+
+    def spend(self, limits: KeyLimits, tokens: int) -> None:
+        """``tokens`` used by an admitted request beyond its charge (a WebSocket session's turn), as they are."""
+        self.metrics.key_used(limits.name, tokens, requests=0)
+        self._owe(limits, tokens)
+
+    def _owe(self, limits: KeyLimits, tokens: int) -> None:
+        wallet = self._wallets.get(limits.name)
+        if limits.tokens_per_min is not None and wallet and wallet.limits == limits:
+            wallet.tokens -= tokens  # (no wallet: the key was deleted or made anew with other limits)
 
     async def _allow(self, limits: KeyLimits, tokens: int) -> float | None:
         """None if the request may go on (charged to its key); else the seconds until it could."""
@@ -174,20 +183,21 @@ class RegistryLink:
                 return None
             if (wait := wallet.refused(now)) is not None:
                 return wait
-            want, need = wallet.lease(tokens)
-            lease, wait = await self._take(limits, want, need)
+            want, need, owed = wallet.lease(tokens)
+            lease, wait = await self._take(limits, want, need, owed)
             wallet.receive(lease)
             if wallet.spend(tokens, time.time()):
                 return None
             wallet.refuse(wait, time.time())
             return wait
 
-    async def _take(self, limits: KeyLimits, want: Allowance, need: Allowance) -> tuple[Allowance, float]:
-        """A lease from the key's buckets in the registry; from this replica's own while the registry is away."""
+    async def _take(self, limits: KeyLimits, want: Allowance, need: Allowance, owed: float) -> tuple[Allowance, float]:
+        """A lease from the key's buckets in the registry (``owed`` paid in first); from this replica's own while
+        the registry is away."""
         now = time.time()
         if now >= self._away_until:
             try:
-                lease = await asyncio.wait_for(self._registry.take_allowance(limits, want, need), LEASE_TIMEOUT_S)
+                lease = await asyncio.wait_for(self._registry.take_allowance(limits, want, need, owed), LEASE_TIMEOUT_S)
             except (RegistryError, TimeoutError, OSError) as exc:
                 if not self._away:
                     log.warning("the registry lent no key allowance (%s): this replica limits keys on its own"
@@ -199,7 +209,7 @@ class RegistryLink:
                 self._away, self._local = False, {}
                 return lease
         buckets = self._local.setdefault(limits.name, Buckets.full(limits, now))
-        return buckets.take(limits, want, need, now)
+        return buckets.take(limits, want, need, now, owed)
 
     async def _limits(self, secret: str) -> Any:
         digest = hashlib.sha256(secret.encode()).hexdigest()

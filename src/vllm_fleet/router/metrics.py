@@ -51,9 +51,9 @@ class RouterMetrics:
         self._added[bisect_left(_ADDED_BUCKETS, seconds)] += 1
         self._added_sum += seconds
 
-    def key_used(self, name: str, tokens: int) -> None:
-        """Count one request of API key ``name`` that was answered, and the tokens it used."""
-        self._key_requests[name, "admitted"] += 1
+    def key_used(self, name: str, tokens: int, requests: int = 1) -> None:
+        """Count ``requests`` of API key ``name`` that were answered, and the tokens they used."""
+        self._key_requests[name, "admitted"] += requests
         self._key_tokens[name] += tokens
 
     def key_refused(self, name: str) -> None:

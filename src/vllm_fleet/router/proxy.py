@@ -8,7 +8,8 @@ streamed (chat) completion, which is continued on another backend (resume.py).
 
 A WebSocket (vLLM's /v1/realtime) is routed and retried the same way up to its handshake's answer; after a
 101 it is a byte tunnel between client and backend (wire/upgrade.py) until either side closes, counted
-in the backend's in-flight requests meanwhile (so a drain waits for it).
+in the backend's in-flight requests meanwhile (so a drain waits for it). A metered session's (an API key
+with a tokens/min limit) backend-to-client bytes are read on their way for the usage of each turn.
 
 Upstream requests go over the project's own HTTP/1.1 client (wire/http1.py: one write per
 request, httptools parsing), not aiohttp's: aiohttp's client was a third of the router's CPU
@@ -29,7 +30,7 @@ from vllm_fleet.router.body import RequestFacts
 from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, least_load
 from vllm_fleet.router.resume import DONE_EVENT, Transcript, continuation_body, needs_text_ids, without_role_event
-from vllm_fleet.router.usage import Meter
+from vllm_fleet.router.usage import Meter, Tally
 from vllm_fleet.wire import http1, upgrade
 from vllm_fleet.wire.http1_server import Reply, Request
 from vllm_fleet.wire.openai import error_body
@@ -123,13 +124,20 @@ class Proxy:
             finally:
                 self._done(backend, facts)
 
-    async def tunnel(self, request: Request, facts: RequestFacts, choose: Policy, started: float) -> Reply | None:
-        """Pass a WebSocket handshake to a backend; once it is accepted, bytes both ways until one side closes."""
+    async def tunnel(
+        self, request: Request, facts: RequestFacts, choose: Policy, started: float,
+        used: Callable[[int], object] | None = None,
+    ) -> Reply | None:  # fmt: skip
+        """Pass a WebSocket handshake to a backend; once it is accepted, bytes both ways until one side closes.
+        ``used``: called with the tokens of each usage the backend's messages carry, as they pass (its
+        handshake then offers no compression, so that they can be read)."""
         candidates = self.pool.available(facts.model)
         if not candidates:
             return self._none_available(request, facts, started)
         kind = request.headers["upgrade"]
         headers = [*forwarded_headers(request.raw_headers), ("Connection", "Upgrade"), ("Upgrade", kind)]
+        if used is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != "sec-websocket-extensions"]
         session = request.headers.get(SESSION_HEADER)
         tried: list[Backend] = []
         while True:
@@ -152,7 +160,7 @@ class Proxy:
             backend.in_flight += 1
             try:
                 switched = [*answer, ("Connection", "Upgrade"), ("Upgrade", kind)]
-                upstream.join(request.switch(switched, upstream.transport))
+                upstream.join(request.switch(switched, upstream.transport), _tally(used) if used else None)
                 await upstream.closed  # or the client leaves: this handler is cancelled
             finally:
                 backend.in_flight -= 1
@@ -407,6 +415,17 @@ def log_access(
             request.remote, request.method, request.path, status, model, backend, attempts, ms,
             f" {note}" if note else "",
         )  # fmt: skip
+
+
+def _tally(used: Callable[[int], object]) -> Callable[[bytes], None]:
+    """A tunnel's tap: ``used`` with the tokens of each usage as it passes."""
+    tally = Tally()
+
+    def tap(data: bytes) -> None:
+        if tokens := tally.feed(data):
+            used(tokens)
+
+    return tap
 
 
 async def _text_ids(client: http1.Client, model: str, text: str, headers: list[tuple[str, str]]) -> list[int] | None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import replace
+from functools import partial
 from urllib.parse import parse_qs
 
 import aiohttp
@@ -155,9 +156,11 @@ class Router:
             charge = admitted
             choose = registry.policies.get(facts.model or "", choose)
         if request.upgrade:
-            if charge is not None and registry is not None:
-                registry.settle(charge, None)  # a WebSocket's tokens are not metered: its estimate (none) stands
-            return await self.proxy.tunnel(request, facts, choose, started)
+            if charge is None or registry is None:
+                return await self.proxy.tunnel(request, facts, choose, started)
+            registry.settle(charge, None)  # admitted; each turn's tokens are charged as its usage passes
+            used = partial(registry.spend, charge.limits) if charge.limits.tokens_per_min is not None else None
+            return await self.proxy.tunnel(request, facts, choose, started, used)
         if charge is None or registry is None:
             return await self.proxy.forward(request, facts, choose, started)
         meter = Meter()

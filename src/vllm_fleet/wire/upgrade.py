@@ -3,13 +3,14 @@
 The handshake request goes out on a connection of its own; the answer's head is parsed by httptools. A
 ``101 Switching Protocols`` turns the connection into one end of a byte tunnel (:meth:`Upgrade.join`):
 what the origin sends goes to the client unread, frames, masks, compression and all, so the proxy need
-not speak WebSocket at all. Any other answer is read whole (it is the handshake's refusal: small) and the
-connection closes.
+not speak WebSocket at all (a ``tap`` may see those bytes on their way, to meter them). Any other
+answer is read whole (it is the handshake's refusal: small) and the connection closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -35,6 +36,7 @@ class Upgrade(asyncio.Protocol):
         self._answered: asyncio.Future[None]
         self.closed: asyncio.Future[None]  # done when the connection is gone
         self._client: asyncio.Transport | None = None  # after join: where the origin's bytes go
+        self._tap: Callable[[bytes], object] | None = None  # after join: what sees them on their way
         self._early = b""  # bytes after the 101's head, held until join
 
     async def answered(self) -> Upgrade:
@@ -43,12 +45,13 @@ class Upgrade(asyncio.Protocol):
         await asyncio.shield(self._answered)
         return self
 
-    def join(self, client: asyncio.Transport) -> None:
-        """After a 101: the origin's bytes go to ``client`` from now on (the other way is the client side's)."""
-        self._client = client
-        if self._early:
-            client.write(self._early)
-            self._early = b""
+    def join(self, client: asyncio.Transport, tap: Callable[[bytes], object] | None = None) -> None:
+        """After a 101: the origin's bytes go to ``client`` from now on (the other way is the client side's),
+        each read shown to ``tap`` first."""
+        self._client, self._tap = client, tap
+        early, self._early = self._early, b""
+        if early:
+            self.data_received(early)
         self.transport.resume_reading()
 
     def close(self) -> None:
@@ -63,6 +66,8 @@ class Upgrade(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._client is not None:
+            if self._tap is not None:
+                self._tap(data)
             self._client.write(data)
             return
         if self._answered.done():  # switched, not yet joined (or a refusal's excess)

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.router.harness import client, error_of, make_key, routing, until
+from tests.integration.router.harness import client, error_of, make_key, metric, post, routing, until
 from tests.servers.fake_engine import running
 from tests.servers.faults import Answer, FaultServer
 
@@ -142,6 +142,48 @@ def test_an_api_key_comes_as_a_header_or_from_a_browser_as_a_subprotocol(tmp_pat
                     await ws.send_str("hello")
                     assert (await ws.receive_json())["type"] == "session.created"
                     assert await ws.receive_str() == "hello"
+
+        asyncio.run(body())
+
+
+def test_a_sessions_turns_are_charged_to_its_key_as_their_usage_passes(tmp_path: Path) -> None:
+    """A realtime session is one request of its key, and each turn's tokens (vLLM's ``transcription.done``
+        usage) are charged as they pass: a key past its tokens/min is refused its next request. Usage-like text
+        inside a transcript is not counted. A metered handshake offers no compression (the usage must be read);
+    a key without a tokens limit is not metered."""
+    registry = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    metered, free = make_key(registry, "speech", tokens_per_min=1000), make_key(registry, "free")
+    with running("--models", "m", "--turns", server=ORIGIN) as origin:
+
+        async def session(http: aiohttp.ClientSession, url: str, secret: str, turns: int) -> str | None:
+            """The turns' answers; the compression the handshake negotiated."""
+            headers = {"Authorization": f"Bearer {secret}"}
+            async with http.ws_connect(url, headers=headers, compress=15, max_msg_size=0) as ws:
+                assert (await ws.receive_json())["type"] == "session.created"
+                for _ in range(turns):
+                    await ws.send_str("transcribe 300 100")
+                    assert (await ws.receive_json())["type"] == "transcription.delta"
+                    done = await ws.receive_json()
+                    assert done["type"] == "transcription.done" and done["usage"]["total_tokens"] == 400
+                return ws._response.headers.get("Sec-WebSocket-Extensions")
+
+        async def body() -> None:
+            async with routing(origin.url, registry=registry) as router, client() as http:
+                url = f"{router.url}/v1/realtime?model=m"
+                assert await session(http, url, metered, turns=2) is None
+                assert "permessage-deflate" in (await session(http, url, free, turns=1) or "")
+                async with http.get(f"{router.url}/metrics") as resp:
+                    text = await resp.text()
+                assert metric(text, "vllm_fleet_router_key_tokens_total", key="speech") == 800
+                assert metric(text, "vllm_fleet_router_key_requests_total", key="speech", outcome="admitted") == 1
+                # a key without a tokens limit keeps its compression, end to end: its turns are not read
+                assert metric(text, "vllm_fleet_router_key_tokens_total", key="free") == 0
+                # 800 of its 1,000 tokens this minute are spent: a request that may use 300 more must wait
+                request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300}
+                headers = {"Authorization": f"Bearer {metered}"}
+                status, answer, said = await post(http, f"{router.url}/v1/chat/completions", request, headers=headers)
+                assert status == 429 and "speech" in error_of(answer)["message"], (status, answer)
+                assert int(said["Retry-After"]) >= 1
 
         asyncio.run(body())
 

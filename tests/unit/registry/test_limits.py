@@ -17,8 +17,8 @@ def admitted(buckets: Buckets, wallet: Wallet, tokens: int, now: float) -> float
     """One request through a wallet leasing from ``buckets``, as the router does: None if let in, else the wait."""
     if wallet.spend(tokens, now):
         return None
-    want, need = wallet.lease(tokens)
-    lease, wait = buckets.take(wallet.limits, want, need, now)
+    want, need, owed = wallet.lease(tokens)
+    lease, wait = buckets.take(wallet.limits, want, need, now, owed)
     wallet.receive(lease)
     return None if wallet.spend(tokens, now) else wait
 
@@ -71,7 +71,7 @@ def test_a_clock_stepping_back_refills_nothing_and_a_lease_given_back_never_fill
 def test_a_wallet_spends_from_its_lease_and_leases_about_a_second_of_the_rate() -> None:
     limits = KeyLimits("k", requests_per_min=600, tokens_per_min=60_000)
     buckets, wallet = Buckets.full(limits, 0.0), Wallet(limits)
-    assert wallet.lease(100) == (Allowance(11, 1100), Allowance(1, 100))  # need + 10 req/s and 1,000 tok/s
+    assert wallet.lease(100) == (Allowance(11, 1100), Allowance(1, 100), 0.0)  # need + 10 req/s and 1,000 tok/s
     assert admitted(buckets, wallet, 100, 0.0) is None
     assert buckets.requests == pytest.approx(589) and buckets.tokens == pytest.approx(58_900)
     assert all(admitted(buckets, wallet, 100, 0.0) is None for _ in range(10))  # the lease, no new one
@@ -103,7 +103,7 @@ def test_replicas_leasing_from_one_key_admit_its_limit_together_however_the_requ
 def test_leases_are_whole_requests_and_tokens_so_no_wallet_holds_a_fraction_no_request_can_use() -> None:
     limits = KeyLimits("k", requests_per_min=5, tokens_per_min=90)  # a twelfth of a request, 1.5 tokens a second
     buckets, wallet = Buckets.full(limits, 0.0), Wallet(limits)
-    assert wallet.lease(3) == (Allowance(1, 4), Allowance(1, 3))
+    assert wallet.lease(3) == (Allowance(1, 4), Allowance(1, 3), 0.0)
     assert admitted(buckets, wallet, 3, 0.0) is None and wallet.empty() == Allowance(0, 1)
     buckets.requests = 2.75  # refilled part of the way: a lease of 2, not 2.75
     assert buckets.take(limits, Allowance(requests=9), ONE, 0.0)[0].requests == 2
@@ -119,13 +119,26 @@ def test_after_a_refusal_the_keys_requests_are_refused_for_up_to_a_lease_span_wi
     assert wallet.refused(200.1) == pytest.approx(0.1) and wallet.refused(200.2) is None
 
 
-def test_a_wallet_in_debt_leases_the_debt_with_its_next_request_and_gives_a_debt_back_bounded() -> None:
-    """A request settled to more than its estimate leaves the wallet owing: the next request's lease pays it;
-    a debt given back (the key gone quiet) comes off the bucket, never past the bound of one minute owed."""
+def test_a_wallet_in_debt_pays_it_into_the_bucket_with_its_next_lease_before_its_request_is_let_in() -> None:
+    """A request settled to more than its estimate leaves the wallet owing: its next lease pays the debt first,
+    so the debt is not mistaken for one request larger than the minute (let in by a full bucket)."""
     buckets, wallet = Buckets.full(TPM, 0.0), Wallet(TPM)
     assert admitted(buckets, wallet, 10, 0.0) is None  # a lease of 10 + 10 a second ahead
+    wallet.tokens += 10 - 500  # settled: it used 500
+    assert wallet.lease(200) == (Allowance(0, 210), Allowance(0, 200), 480)  # 10 held less 490 owed; + 10 ahead
+    assert wallet.tokens == 0  # the debt goes with the asking
+    wallet.tokens = -480
+    # 600 refilled (a minute on) less the 480 owed leaves 120: the request of 200 waits 8 s, and pays the debt
+    assert admitted(buckets, wallet, 200, 60.0) == pytest.approx(8.0)
+    assert buckets.tokens == pytest.approx(120) and wallet.tokens == 0
+    assert admitted(buckets, wallet, 200, 68.0) is None
+
+
+def test_a_debt_given_back_comes_off_the_bucket_never_past_one_minute_owed() -> None:
+    """A wallet owing tokens when its key goes quiet gives the debt back, bounded at one minute's allowance."""
+    buckets, wallet = Buckets.full(TPM, 0.0), Wallet(TPM)
+    assert admitted(buckets, wallet, 10, 0.0) is None
     wallet.tokens += 10 - 300  # settled: it used 300
-    assert wallet.lease(10) == (Allowance(0, 300), Allowance(0, 290))  # 10 held less 290 owed; + 10 ahead
     held = wallet.empty()
     assert held == Allowance(0, -280) and bool(held)  # a debt is something to give back
     buckets.give(TPM, held, 0.0)

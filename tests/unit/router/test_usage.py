@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vllm_fleet.router.usage import TAIL, Meter
+from vllm_fleet.router.usage import MAX_USAGE, TAIL, Meter, Tally
 
 # vLLM's non-streamed chat answer ends so (its UsageInfo: prompt, total, completion, then the details).
 VLLM = (
@@ -61,3 +61,32 @@ def test_only_a_streams_events_are_counted_and_only_the_tail_is_kept() -> None:
     assert metered(body, body, stream=False).used(5) is None  # not an event stream: "data:" is text
     long = metered(b"x" * (3 * TAIL), b'"usage":{"total_tokens":3}', b"y" * 100)
     assert long.used(0) == 3 and len(long._tail) == TAIL
+
+
+# vLLM's realtime turn, as its connection sends it (a text frame each: a 2-byte header, then the JSON).
+DELTA = b'{"type":"transcription.delta","delta":"said \\"usage\\":{\\"total_tokens\\":999}"}'
+DONE = (
+    b'{"type":"transcription.done","text":"said \\"usage\\":{\\"total_tokens\\":999}","usage":{"prompt_tokens":30,'
+    b'"total_tokens":42,"completion_tokens":12,"prompt_tokens_details":null,"completion_tokens_details":null}}'
+)
+
+
+def frame(message: bytes) -> bytes:
+    return bytes([0x81, 126]) + len(message).to_bytes(2, "big") + message
+
+
+def test_a_sessions_turns_are_summed_each_once_however_the_reads_cut_them() -> None:
+    session = b"".join(frame(m) for m in (b'{"type":"session.created"}', DELTA, DONE, DELTA, DONE))
+    for cut in range(1, len(session)):
+        tally = Tally()
+        assert tally.feed(session[:cut]) + tally.feed(session[cut:]) == 84, cut
+    tally = Tally()
+    assert sum(tally.feed(session[i : i + 1]) for i in range(len(session))) == 84  # a byte a read
+
+
+def test_a_usage_that_is_not_an_object_is_passed_over_and_what_follows_still_counts() -> None:
+    tally = Tally()
+    assert tally.feed(b'{"usage":null}' + frame(DONE)) == 42
+    # a "usage" whose value is no usage object: held while it might still become one, then passed over
+    assert tally.feed(b'{"usage":"' + b"x" * 100) == 0
+    assert tally.feed(b"x" * MAX_USAGE + b'"}' + frame(DONE)) == 42
