@@ -200,8 +200,10 @@ def _bodiless(status: int) -> bool:
 def _head(status: int, headers: Headers, framing: str, connection: _Connection) -> bytes:
     lines = "".join(f"{k}: {v}\r\n" for k, v in headers)
     close = "" if connection.keep_alive or status == 101 else "Connection: close\r\n"  # a 101 says Upgrade
+    # Date is one field (RFC 9110 §6.6.1): an answer passed on keeps the origin's, else it gets ours.
+    date = "" if any(k.lower() == "date" for k, _ in headers) else f"Date: {_date()}\r\n"
     reason = _REASONS.get(status, "")
-    return f"HTTP/1.1 {status} {reason}\r\n{lines}{framing}{close}Date: {_date()}\r\n\r\n".encode("latin-1")
+    return f"HTTP/1.1 {status} {reason}\r\n{lines}{framing}{close}{date}\r\n".encode("latin-1")
 
 
 _now = [0, ""]

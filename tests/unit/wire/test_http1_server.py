@@ -323,6 +323,31 @@ def test_http_1_0_streamed_answer_has_no_chunked_framing_and_ends_with_the_conne
     run(body)
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_an_answer_passed_on_keeps_its_origins_date_and_gets_no_second_one(streamed: bool) -> None:
+    """Date is a singleton field (RFC 9110 §6.6.1): a proxy keeps the origin's, as the origin spelled it."""
+    origin = [("date", "Thu, 03 Dec 2026 14:10:27 GMT"), ("server", "uvicorn")]
+
+    async def handler(request: Request) -> Reply | None:
+        if not streamed:
+            return Reply(200, origin, b"ok")
+        request.start(200, origin, length=2)
+        request.write(b"ok")
+        request.finish()
+        return None
+
+    async def body() -> None:
+        async with serving(handler) as harness:
+            client = await harness.connect()
+            client.send(get("/"))
+            assert await client.answer() == (
+                b"HTTP/1.1 200 OK\r\ndate: Thu, 03 Dec 2026 14:10:27 GMT\r\nserver: uvicorn\r\n"
+                b"Content-Length: 2\r\n\r\nok"
+            )
+
+    run(body)
+
+
 # --- pipelining and 100-continue --------------------------------------------------------------------------
 
 
