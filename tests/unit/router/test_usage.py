@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vllm_fleet.router.usage import MAX_USAGE, TAIL, Meter, Tally
+from vllm_fleet.router.usage import MAX_USAGE, Meter, Tally
 
 # vLLM's non-streamed chat answer ends so (its UsageInfo: prompt, total, completion, then the details).
 VLLM = (
@@ -56,11 +56,19 @@ def test_a_stream_with_a_usage_event_is_billed_by_it_and_one_without_by_its_even
     assert metered(*events, stream=True).used(prompt_tokens=6) == 6 + 40
 
 
-def test_only_a_streams_events_are_counted_and_only_the_tail_is_kept() -> None:
+def test_only_a_streams_events_are_counted_and_no_answer_is_kept() -> None:
     body = b'{"choices":[{"text":"data: data: data:"}]}'
     assert metered(body, body, stream=False).used(5) is None  # not an event stream: "data:" is text
-    long = metered(b"x" * (3 * TAIL), b'"usage":{"total_tokens":3}', b"y" * 100)
-    assert long.used(0) == 3 and len(long._tail) == TAIL
+    long = metered(b"x" * 100_000, b'"usage":{"total_tokens":3}', b"y" * 100_000)
+    assert long.used(0) == 3 and long._usages._carry == b""  # nothing of the answer held
+
+
+def test_a_usage_followed_by_prompt_logprobs_is_still_the_answers() -> None:
+    """vLLM puts ``prompt_logprobs`` (asked for: one entry per prompt token) after the usage: far from the end."""
+    logprobs = json.dumps([{str(i): {"logprob": -1.5, "rank": 1, "decoded_token": "word"}} for i in range(2000)])
+    answer = VLLM[: VLLM.index(b'"prompt_logprobs":null')] + b'"prompt_logprobs":' + logprobs.encode() + b"}"
+    assert len(answer) > 100_000
+    assert metered(*(answer[i : i + 65536] for i in range(0, len(answer), 65536))).used(0) == 21
 
 
 # vLLM's realtime turn, as its connection sends it (a text frame each: a 2-byte header, then the JSON).
