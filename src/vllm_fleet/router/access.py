@@ -7,8 +7,10 @@ lease it took from them (``registry/limits.py``: about a second of the key's rat
 round trip a second per busy key, not one per request), and gives back what it did not spend once
 the key goes quiet on it. A request is charged its estimated tokens up front and settled, once its
 answer is over, to what the answer says it used (usage.py): the difference goes into or out of the
-wallet. While the registry cannot be reached, each replica limits keys on its own (as a lone router
-would: up to N times a key's limits over N replicas) and says so once.
+wallet, and a wallet's debt is paid into the key's buckets with its next lease. A realtime WebSocket
+session is one request, and each of its turns is charged its usage as it passes. While the registry
+cannot be reached, each replica limits keys on its own (as a lone router would: up to N times a key's
+limits over N replicas) and says so once.
 An API key's limits are cached for ``KEY_CACHE_S``; the cache holds hashes, never a secret.
 
 A key comes as ``Authorization: Bearer <key>``, or, on a WebSocket handshake, as the subprotocol
