@@ -43,6 +43,8 @@ _HOP = frozenset(
     ("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
      "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect")
 )  # fmt: skip
+FORWARDED_FOR = "x-forwarded-for"
+_HOP_OR_XFF = _HOP | {FORWARDED_FOR}
 RETRIED_STATUS = frozenset((429, 502, 503, 504))
 BACKEND_HEADER = "x-vllm-fleet-backend"
 SESSION_HEADER = "x-session-id"
@@ -55,6 +57,16 @@ UPSTREAM_ERRORS = (OSError, ValueError)
 
 def forwarded_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if k.lower() not in _HOP]
+
+
+def upstream_headers(request: Request) -> list[tuple[str, str]]:
+    """The client's headers as it sent them, less the hop-by-hop ones, with its address added to the end of
+    X-Forwarded-For (as Envoy and nginx's ``$proxy_add_x_forwarded_for`` do): vLLM's uvicorn, trusting a
+    proxy on 127.0.0.1 by default, logs it as the peer, not the router."""
+    headers = [(k, v) for k, v in request.raw_headers if k.lower() not in _HOP_OR_XFF]
+    before = request.headers.get(FORWARDED_FOR)
+    headers.append((FORWARDED_FOR, f"{before}, {request.remote}" if before else request.remote))
+    return headers
 
 
 def json_error(message: str, status: int, kind: str = "invalid_request_error", **headers: str) -> Reply:
@@ -89,7 +101,7 @@ class Proxy:
         candidates = self.pool.available(facts.model)
         if not candidates:
             return self._none_available(request, facts, started)
-        headers = forwarded_headers(request.raw_headers)  # in the order and spelling the client sent them
+        headers = upstream_headers(request)  # in the order and spelling the client sent them
         ask_load = not facts.stream and LOAD_FORMAT_HEADER not in request.headers
         if ask_load:
             headers.append((LOAD_FORMAT_HEADER, "TEXT"))
@@ -135,7 +147,7 @@ class Proxy:
         if not candidates:
             return self._none_available(request, facts, started)
         kind = request.headers["upgrade"]
-        headers = [*forwarded_headers(request.raw_headers), ("Connection", "Upgrade"), ("Upgrade", kind)]
+        headers = [*upstream_headers(request), ("Connection", "Upgrade"), ("Upgrade", kind)]
         if used is not None:
             headers = [(k, v) for k, v in headers if k.lower() != "sec-websocket-extensions"]
         session = request.headers.get(SESSION_HEADER)

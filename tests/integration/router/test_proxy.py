@@ -142,6 +142,22 @@ def test_the_body_and_headers_arrive_byte_for_byte() -> None:
     custom = [(k, v) for k, v in received.headers if k.lower().startswith(("x-custom", "authorization", "content-t"))]
     assert custom == [(k, v.strip()) for k, v in headers], received.headers  # names, order and values as sent
     assert received.header("content-length") == str(len(sent))
+    assert received.header("x-forwarded-for") == "127.0.0.1"  # the client, for the engine's log
+
+
+def test_the_clients_address_is_added_to_the_end_of_x_forwarded_for() -> None:
+    with FaultServer() as backend:
+        backend.always("/v1/chat/completions", Echo())
+
+        async def body() -> None:
+            async with routing(backend.url) as router, client() as http:
+                for before in ({}, {"X-Forwarded-For": "10.1.2.3"}, {"x-forwarded-for": "10.1.2.3, 10.4.5.6"}):
+                    status, _, _ = await post(http, f"{router.url}/v1/chat/completions", chat(), headers=before)
+                    assert status == 200
+
+        asyncio.run(body())
+    chain = [[v for k, v in r.headers if k.lower() == "x-forwarded-for"] for r in backend.requests()]
+    assert chain == [["127.0.0.1"], ["10.1.2.3, 127.0.0.1"], ["10.1.2.3, 10.4.5.6, 127.0.0.1"]]
 
 
 def test_a_stream_reaches_the_client_as_it_is_generated() -> None:
