@@ -72,7 +72,9 @@ def create_key(
     if as_json:
         print_json({"name": name, "secret": secret, "requests_per_min": rpm, "tokens_per_min": tpm})
         return
-    err_console.print(f"created API key {escape(name)}; its secret (shown only now, store it safely):")
+    err_console.print(f"created API key {escape(name)}: every router accepts it within its registry refresh (5 s), "
+                      "and while any key exists a request without one gets a 401. Its secret (shown only now, "
+                      "store it safely):")  # fmt: skip
     print(secret)  # alone on stdout, so `SECRET=$(vllm-fleet keys create NAME)` captures it
 
 
@@ -110,13 +112,14 @@ def delete_key(
     registry: str | None = RegistryOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Delete an API key: requests with its secret are refused from then on. Exit 1 if there is none."""
+    """Delete an API key: every router refuses its secret within its registry refresh (5 s). Exit 1 if there is
+    none."""
     with errors(as_json):
         deleted = run(_with_registry(registry, lambda r: r.delete_key(name)))
     if as_json:
         print_json({"name": name, "deleted": deleted})
     elif deleted:
-        console.print(f"deleted API key {escape(name)}")
+        console.print(f"deleted API key {escape(name)}: every router refuses it within its registry refresh (5 s)")
     else:
         err_console.print(f"[bold red]error:[/] no API key named {escape(repr(name))} (see: vllm-fleet keys list)")
     if not deleted:

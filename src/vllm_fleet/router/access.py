@@ -11,7 +11,8 @@ wallet, and a wallet's debt is paid into the key's buckets with its next lease. 
 session is one request, and each of its turns is charged its usage as it passes. While the registry
 cannot be reached, each replica limits keys on its own (as a lone router would: up to N times a key's
 limits over N replicas) and says so once.
-An API key's limits are cached for ``KEY_CACHE_S``; the cache holds hashes, never a secret.
+An API key's check is cached for ``refresh_s`` too, so a new key, a deleted one or its new limits reach
+every replica within the one interval; the cache holds hashes, never a secret.
 
 A key comes as ``Authorization: Bearer <key>``, or, on a WebSocket handshake, as the subprotocol
 ``openai-insecure-api-key.<key>``: a browser cannot set headers on a WebSocket, and this is the form
@@ -40,7 +41,6 @@ from vllm_fleet.router.proxy import json_error
 from vllm_fleet.wire.http1_server import Reply, Request
 
 log = logging.getLogger("vllm_fleet.router")
-KEY_CACHE_S = 30.0  # a deleted key stops working within this long on every router replica
 LEASE_TIMEOUT_S = 2.0  # a registry slower than this to lend is taken as away
 AWAY_RETRY_S = 5.0  # while away, the registry is asked again this often (not by every request)
 MAX_CACHED_KEYS = 10_000  # bounded: a flood of wrong keys cannot grow it
@@ -222,7 +222,7 @@ class RegistryLink:
         limits = await self._registry.check_key(secret)
         if len(self._keys) >= MAX_CACHED_KEYS:
             self._keys.clear()
-        self._keys[digest] = (now + KEY_CACHE_S, limits)
+        self._keys[digest] = (now + self.refresh_s, limits)
         return limits
 
 

@@ -16,6 +16,7 @@ import pytest
 from tests.integration.router.harness import chat, client, error_of, make_key, metric, post, routing
 from tests.servers.fake_engine import running
 from tests.servers.faults import Answer, FaultServer, Stream
+from vllm_fleet.registry import open_registry
 from vllm_fleet.router.server import Router
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -100,6 +101,34 @@ def test_api_keys_from_the_registry_401_when_wrong_and_429_over_the_limit(tmp_pa
 
         asyncio.run(body())
     assert all(json.loads(r.body)["model"] == "m" for r in backend.requests(PATH))
+
+
+def test_a_new_key_and_a_deleted_one_reach_the_router_within_its_registry_refresh(tmp_path: Path) -> None:
+    """The first key made while the router runs turns keys on; a key deleted is refused, though the router had
+    checked (and cached) it moments before: each within one registry refresh."""
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    with FaultServer(models=("m",)) as backend:
+
+        async def body() -> None:
+            async with routing(backend.url, registry=url, registry_refresh_s=0.2) as router, client() as http:
+                assert (await post(http, f"{router.url}{PATH}", chat()))[0] == 200  # no key yet: none needed
+                async with await open_registry(url) as registry:
+                    await registry.create_key("team-b")
+                    secret = await registry.create_key("team-c")
+                await asyncio.sleep(0.5)
+                assert (await post(http, f"{router.url}{PATH}", chat()))[0] == 401
+                assert await statuses(http, router, secret, 1) == [200]
+                async with await open_registry(url) as registry:
+                    assert await registry.delete_key("team-c")
+                await asyncio.sleep(0.5)
+                status, answer, _ = await post(http, f"{router.url}{PATH}", chat(), headers=bearer(secret))
+                assert status == 401 and "API key" in error_of(answer)["message"]
+
+        asyncio.run(body())
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"content-type": "application/json", "authorization": f"Bearer {secret}"}
 
 
 def test_router_replicas_on_one_registry_hold_a_keys_limit_together(tmp_path: Path) -> None:
@@ -193,8 +222,7 @@ def test_each_keys_requests_and_tokens_are_in_the_metrics(tmp_path: Path) -> Non
 
 async def statuses(http: aiohttp.ClientSession, router: Router, secret: str, n: int, **body: Any) -> list[int]:
     """``n`` chat requests to ``router`` with the API key ``secret``, one after another: their statuses."""
-    good = {"content-type": "application/json", "authorization": f"Bearer {secret}"}
-    return [(await post(http, f"{router.url}{PATH}", chat(**body), headers=good))[0] for _ in range(n)]
+    return [(await post(http, f"{router.url}{PATH}", chat(**body), headers=bearer(secret)))[0] for _ in range(n)]
 
 
 CONTENT = b'{"choices":[{"delta":{"content":"w"}}]}'
