@@ -11,9 +11,10 @@ far below. Any other answer (no usage, not a stream) keeps the estimate.
 A WebSocket session (vLLM's /v1/realtime) answers many times, each ``transcription.done`` event with the
 usage of its turn: those are summed, and each is charged as it comes.
 
-The bytes are searched, not parsed or kept: ``"usage"`` followed by a quote cannot occur inside a JSON
-string (its quotes are escaped there), so each is an answer's own. Only a usage not yet whole when a read
-ends is held for the next (at most ``MAX_USAGE`` bytes).
+The bytes are searched, not parsed or kept: ``"usage"`` with its quotes cannot occur inside a JSON string
+(they are escaped there), so each one followed by ``:`` and an object is an answer's own; one that is a
+value (``"object": "usage"``) or names no object is passed over at once. Only a usage not yet whole when
+a read ends is held for the next (at most ``MAX_USAGE`` bytes).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ _KEY = b'"usage"'
 # Possessive (never backtracking): a value that is not one fails in one pass.
 _USAGE_VALUE = re.compile(rb'"usage"\s*+:\s*+(?:null|\{(?:[^{}]++|\{[^{}]*+\})*+\})')
 _TOTAL = re.compile(rb'"total_tokens"\s*+:\s*+(\d++)')
+# What may still become a whole usage value once more bytes come: the key, then nothing yet or a start of one.
+_PENDING = re.compile(rb'"usage"\s*+(?::\s*+(?:\{.*+|n|nu|nul)?)?\Z', re.DOTALL)
 MAX_USAGE = 1024  # bytes: a usage value not whole within this is not one, and is passed over
 
 
@@ -45,7 +48,7 @@ class Tally:
         tokens, at = 0, 0
         while (at := text.find(_KEY, at)) >= 0:
             whole = _USAGE_VALUE.match(text, at)
-            if whole is None and len(text) - at < MAX_USAGE:
+            if whole is None and len(text) - at < MAX_USAGE and _PENDING.match(text, at):
                 self._carry = text[at:]  # not whole yet: read again with what follows
                 return tokens
             if whole is not None and (total := _TOTAL.search(whole[0])):

@@ -95,6 +95,10 @@ def test_a_sessions_turns_are_summed_each_once_however_the_reads_cut_them() -> N
 def test_a_usage_that_is_not_an_object_is_passed_over_and_what_follows_still_counts() -> None:
     tally = Tally()
     assert tally.feed(b'{"usage":null}' + frame(DONE)) == 42
+    # "usage" as a value, or naming no object: passed over at once, not held back with what follows
+    assert tally.feed(b'{"object":"usage","data":[]}' + frame(DONE)) == 42
+    assert tally.feed(b'{"usage":7}' + frame(DONE)) == 42
+    assert Meter().used(0) is None and metered(b'{"object":"usage"}', DONE).used(0) == 42
     # a "usage" whose value is no usage object: held while it might still become one, then passed over
     assert tally.feed(b'{"usage":"' + b"x" * 100) == 0
     assert tally.feed(b"x" * MAX_USAGE + b'"}' + frame(DONE)) == 42
