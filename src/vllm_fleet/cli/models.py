@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from vllm_fleet.cli.common import JsonOpt, console, err_console, errors, print_json, run
-from vllm_fleet.registry import REGISTRY_ENV
+from vllm_fleet.registry import REFRESH_S, REGISTRY_ENV
 
 if TYPE_CHECKING:
     from vllm_fleet.registry import Registry
@@ -72,9 +72,9 @@ def create_key(
     if as_json:
         print_json({"name": name, "secret": secret, "requests_per_min": rpm, "tokens_per_min": tpm})
         return
-    err_console.print(f"created API key {escape(name)}: every router accepts it within its registry refresh (5 s), "
-                      "and while any key exists a request without one gets a 401. Its secret (shown only now, "
-                      "store it safely):")  # fmt: skip
+    err_console.print(f"created API key {escape(name)}: every router accepts it within its registry refresh "
+                      f"({REFRESH_S:.0f} s), and while any key exists a request without one gets a 401. Its secret "
+                      "(shown only now, store it safely):")  # fmt: skip
     print(secret)  # alone on stdout, so `SECRET=$(vllm-fleet keys create NAME)` captures it
 
 
@@ -119,7 +119,8 @@ def delete_key(
     if as_json:
         print_json({"name": name, "deleted": deleted})
     elif deleted:
-        console.print(f"deleted API key {escape(name)}: every router refuses it within its registry refresh (5 s)")
+        console.print(f"deleted API key {escape(name)}: every router refuses it within its registry refresh"
+                      f" ({REFRESH_S:.0f} s)")  # fmt: skip
     else:
         err_console.print(f"[bold red]error:[/] no API key named {escape(repr(name))} (see: vllm-fleet keys list)")
     if not deleted:

@@ -20,6 +20,7 @@ from vllm_fleet.registry.base import Registry
 from vllm_fleet.registry.records import Deployment, KeyLimits, Route
 
 __all__ = [
+    "REFRESH_S",
     "REGISTRY_ENV",
     "Deployment",
     "KeyLimits",
@@ -36,6 +37,8 @@ CACHE_ENV = "VLLM_FLEET_CACHE"
 # The registry URL from the environment (or a Kubernetes Secret's key): a URL with a password never goes
 # into a spec, a command line or a manifest.
 REGISTRY_ENV = "VLLM_FLEET_REGISTRY"
+# A router re-reads the registry this often: a new route, key or limit reaches every router replica within it.
+REFRESH_S = 5.0
 DEFAULT_CACHE = ".cache/vllm-fleet"  # spec.cache.dir's default
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vllm_fleet.registry import REFRESH_S
 from vllm_fleet.router.backends import PoolSettings
 
 
@@ -15,7 +16,7 @@ class RouterConfig:
     policy: str = "prefix"
     retries: int = 2
     registry: str | None = None  # sqlite:///… or postgresql://…; None: the backends given, no keys
-    registry_refresh_s: float = 5.0  # several router replicas share one registry: each re-reads it this often
+    registry_refresh_s: float = REFRESH_S  # several router replicas share one registry: each re-reads it this often
     discover: str | None = None  # NAMESPACE/SERVICE:PORT: the backends are that Service's ready endpoints
     admin_token: str | None = None  # when set, /admin/* needs `Authorization: Bearer <token>`
     max_body_bytes: int = 32 * 1024 * 1024
