@@ -30,7 +30,7 @@ from vllm_fleet.router.body import RequestFacts
 from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, least_load
 from vllm_fleet.router.resume import DONE_EVENT, Transcript, continuation_body, needs_text_ids, without_role_event
-from vllm_fleet.router.usage import Meter, Tally
+from vllm_fleet.router.usage import Meter, metering
 from vllm_fleet.wire import http1, upgrade
 from vllm_fleet.wire.http1_server import Reply, Request
 from vllm_fleet.wire.openai import error_body
@@ -172,7 +172,7 @@ class Proxy:
             backend.in_flight += 1
             try:
                 switched = [*answer, ("Connection", "Upgrade"), ("Upgrade", kind)]
-                upstream.join(request.switch(switched, upstream.transport), _tally(used) if used else None)
+                upstream.join(request.switch(switched, upstream.transport), metering(used) if used else None)
                 await upstream.closed  # or the client leaves: this handler is cancelled
             finally:
                 backend.in_flight -= 1
@@ -427,17 +427,6 @@ def log_access(
             request.remote, request.method, request.path, status, model, backend, attempts, ms,
             f" {note}" if note else "",
         )  # fmt: skip
-
-
-def _tally(used: Callable[[int], object]) -> Callable[[bytes], None]:
-    """A tunnel's tap: ``used`` with the tokens of each usage as it passes."""
-    tally = Tally()
-
-    def tap(data: bytes) -> None:
-        if tokens := tally.feed(data):
-            used(tokens)
-
-    return tap
 
 
 async def _text_ids(client: http1.Client, model: str, text: str, headers: list[tuple[str, str]]) -> list[int] | None:

@@ -60,6 +60,17 @@ class Tally:
         return tokens
 
 
+def metering(used: Callable[[int], object]) -> Callable[[bytes], None]:
+    """A tap for a session's bytes (a WebSocket tunnel's): ``used`` with the tokens of each usage as it passes."""
+    tally = Tally()
+
+    def tap(data: bytes) -> None:
+        if tokens := tally.feed(data):
+            used(tokens)
+
+    return tap
+
+
 class Meter:
     """What one answer used, from the bytes it passes."""
 
