@@ -8,7 +8,8 @@ round trip a second per busy key, not one per request), and gives back what it d
 the key goes quiet on it. A request is charged its estimated tokens up front and settled, once its
 answer is over, to what the answer says it used (usage.py): the difference goes into or out of the
 wallet, and a wallet's debt is paid into the key's buckets with its next lease. A realtime WebSocket
-session is one request, and each of its turns is charged its usage as it passes. While the registry
+session is one request, and each of its turns is charged its usage as it passes: a turn that leaves the key
+past its tokens/min ends the session (router/proxy.py), as a request past it would be refused. While the registry
 cannot be reached, each replica limits keys on its own (as a lone router would: up to N times a key's
 limits over N replicas) and says so once.
 An API key's check is cached for ``refresh_s`` too, so a new key, a deleted one or its new limits reach
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vllm_fleet.errors import RegistryError
-from vllm_fleet.registry.limits import IDLE_S, Allowance, Buckets, Wallet, limited
+from vllm_fleet.registry.limits import IDLE_S, NOTHING, Allowance, Buckets, Wallet, limited
 from vllm_fleet.registry.records import KeyLimits
 from vllm_fleet.router.backends import Pool
 from vllm_fleet.router.body import RequestFacts
@@ -152,7 +153,7 @@ class RegistryLink:
             return Charge(limits, facts.tokens)
         self.metrics.key_refused(limits.name)
         return json_error(
-            f"API key {limits.name!r} is over its limit; retry in {wait:.0f} s",
+            _over(limits, wait),
             429,
             "RateLimitError",
             **{"Retry-After": str(max(1, round(wait)))},
@@ -165,10 +166,22 @@ class RegistryLink:
         if used is not None:
             self._owe(charge.limits, used - charge.tokens)
 
-    def spend(self, limits: KeyLimits, tokens: int) -> None:
-        """``tokens`` used by an admitted request beyond its charge (a WebSocket session's turn), as they are."""
+    async def spend(self, limits: KeyLimits, tokens: int) -> str | None:
+        """``tokens`` used by an admitted session beyond its charge (a WebSocket's turn), charged as they pass:
+        when they leave the key past its tokens/min, why the session must end; else None."""
         self.metrics.key_used(limits.name, tokens, requests=0)
         self._owe(limits, tokens)
+        async with self._leasing.setdefault(limits.name, asyncio.Lock()):
+            wallet = self._wallets.get(limits.name)
+            if wallet is None or wallet.limits != limits or wallet.tokens >= 0:
+                return None  # this replica's share covers it (or the key is gone or made anew)
+            want, _, owed = wallet.lease(0)  # the debt paid in; the key may go on if its bucket is not then empty
+            lease, wait = await self._take(limits, want, NOTHING, owed)
+            wallet.receive(lease)
+            if not wait:
+                return None
+            wallet.refuse(wait, time.time())
+            return _over(limits, wait)
 
     def _owe(self, limits: KeyLimits, tokens: int) -> None:
         wallet = self._wallets.get(limits.name)
@@ -224,6 +237,10 @@ class RegistryLink:
             self._keys.clear()
         self._keys[digest] = (now + self.refresh_s, limits)
         return limits
+
+
+def _over(limits: KeyLimits, wait: float) -> str:
+    return f"API key {limits.name!r} is over its limit; retry in {max(1, round(wait))} s"
 
 
 def _bearer(request: Request) -> str:

@@ -9,7 +9,10 @@ streamed (chat) completion, which is continued on another backend (resume.py).
 A WebSocket (vLLM's /v1/realtime) is routed and retried the same way up to its handshake's answer; after a
 101 it is a byte tunnel between client and backend (wire/upgrade.py) until either side closes, counted
 in the backend's in-flight requests meanwhile (so a drain waits for it). A metered session's (an API key
-with a tokens/min limit) backend-to-client bytes are read on their way for the usage of each turn.
+with a tokens/min limit) backend-to-client bytes are read on their way for the usage of each turn; a turn
+that leaves the key past its limit ends the session after that turn's last message: the client gets an
+error event (vLLM's realtime ``error``) and a Close frame (1008) saying why, and the backend's side
+closes, so the backend stops the session's work.
 
 Upstream requests go over the project's own HTTP/1.1 client (wire/http1.py: one write per
 request, httptools parsing), not aiohttp's: aiohttp's client was a third of the router's CPU
@@ -22,8 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from vllm_fleet.router.backends import Backend, Pool
 from vllm_fleet.router.body import RequestFacts
@@ -31,9 +35,9 @@ from vllm_fleet.router.metrics import RouterMetrics
 from vllm_fleet.router.policies import Policy, least_load
 from vllm_fleet.router.resume import DONE_EVENT, Transcript, continuation_body, needs_text_ids, without_role_event
 from vllm_fleet.router.usage import Meter, metering
-from vllm_fleet.wire import http1, upgrade
+from vllm_fleet.wire import http1, upgrade, websocket
 from vllm_fleet.wire.http1_server import Reply, Request
-from vllm_fleet.wire.openai import error_body
+from vllm_fleet.wire.openai import error_body, realtime_error
 
 access_log = logging.getLogger("vllm_fleet.router.access")
 
@@ -138,11 +142,12 @@ class Proxy:
 
     async def tunnel(
         self, request: Request, facts: RequestFacts, choose: Policy, started: float,
-        used: Callable[[int], object] | None = None,
+        used: Callable[[int], Awaitable[str | None]] | None = None,
     ) -> Reply | None:  # fmt: skip
         """Pass a WebSocket handshake to a backend; once it is accepted, bytes both ways until one side closes.
-        ``used``: called with the tokens of each usage the backend's messages carry, as they pass (its
-        handshake then offers no compression, so that they can be read)."""
+        ``used``: charges the tokens of each usage the backend's messages carry, as they pass (its handshake
+        then offers no compression, so that they can be read), and answers why the session must end, if it
+        must."""
         candidates = self.pool.available(facts.model)
         if not candidates:
             return self._none_available(request, facts, started)
@@ -170,14 +175,19 @@ class Proxy:
                 return Reply(upstream.status, answer, upstream.body)
             self.pool.succeeded(backend)
             backend.in_flight += 1
+            ended: list[str] = []  # why the router ended the session, if it did
             try:
-                switched = [*answer, ("Connection", "Upgrade"), ("Upgrade", kind)]
-                upstream.join(request.switch(switched, upstream.transport), metering(used) if used else None)
+                client = request.switch([*answer, ("Connection", "Upgrade"), ("Upgrade", kind)], upstream.transport)
+                if used is None:
+                    upstream.join(client)
+                else:
+                    upstream.join(client, metering(used, partial(_end, upstream, ended)), websocket.Messages())
                 await upstream.closed  # or the client leaves: this handler is cancelled
             finally:
                 backend.in_flight -= 1
                 upstream.close()
-                log_access(request, 101, facts.model, backend.url, len(tried), started, "tunnel closed")
+                note = f"ended by the router: {ended[0]}" if ended else "tunnel closed"
+                log_access(request, 101, facts.model, backend.url, len(tried), started, note)
             return None
 
     async def _relay(
@@ -408,6 +418,13 @@ class Proxy:
         names = ", ".join(b.url for b in tried)
         wait = str(self.pool.retry_after_s())
         return json_error(f"no backend answered ({names}): {why}", 502, "BadGateway", **{"Retry-After": wait})
+
+
+def _end(session: upgrade.Upgrade, ended: list[str], why: str) -> None:
+    """End a WebSocket session that its key may not go on with, saying why as vLLM's realtime endpoint would."""
+    ended.append(why)
+    last = websocket.text(realtime_error(why, "rate_limit_exceeded"))
+    session.end(last + websocket.close(websocket.POLICY_VIOLATION, why))
 
 
 def log_access(

@@ -9,7 +9,7 @@ vLLM sends a token or more in each, so the prompt's estimate plus the events is 
 far below. Any other answer (no usage, not a stream) keeps the estimate.
 
 A WebSocket session (vLLM's /v1/realtime) answers many times, each ``transcription.done`` event with the
-usage of its turn: those are summed, and each is charged as it comes.
+usage of its turn: each is charged as it comes, and may end the session (``metering``).
 
 The bytes are searched, not parsed or kept: ``"usage"`` with its quotes cannot occur inside a JSON string
 (they are escaped there), so each one followed by ``:`` and an object is an answer's own; one that is a
@@ -19,9 +19,12 @@ a read ends is held for the next (at most ``MAX_USAGE`` bytes).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+log = logging.getLogger("vllm_fleet.router")
 _KEY = b'"usage"'
 # A whole usage value: an object (its details one level deep) or null; its total is searched for within.
 # Possessive (never backtracking): a value that is not one fails in one pass.
@@ -60,13 +63,25 @@ class Tally:
         return tokens
 
 
-def metering(used: Callable[[int], object]) -> Callable[[bytes], None]:
-    """A tap for a session's bytes (a WebSocket tunnel's): ``used`` with the tokens of each usage as it passes."""
-    tally = Tally()
+def metering(used: Callable[[int], Awaitable[str | None]], end: Callable[[str], object]) -> Callable[[bytes], None]:
+    """A tap for a session's bytes (a WebSocket tunnel's): each usage, as it passes, is charged by ``used``;
+    when a charge answers why the session must end, ``end`` is called with that."""
+    tally, charging = Tally(), set()
+
+    def charged(task: asyncio.Task[str | None]) -> None:
+        charging.discard(task)
+        if task.cancelled():
+            return
+        if (error := task.exception()) is not None:  # the usage stays uncharged; the session is not cut for it
+            log.warning("a session's usage could not be charged: %s", error)
+        elif why := task.result():
+            end(why)
 
     def tap(data: bytes) -> None:
         if tokens := tally.feed(data):
-            used(tokens)
+            task = asyncio.ensure_future(used(tokens))
+            charging.add(task)  # held: the loop keeps only a weak reference
+            task.add_done_callback(charged)
 
     return tap
 

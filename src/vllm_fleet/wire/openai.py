@@ -6,6 +6,7 @@ client takes (``http://host:8000/v1``); every command accepts both and talks to 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 API_PREFIX = "/v1"
@@ -37,6 +38,9 @@ def served_models(listing: dict[str, Any]) -> list[str]:
 
 def error_body(message: str, status: int, kind: str = "invalid_request_error") -> bytes:
     """An OpenAI-style error response body (the shape vLLM's server and OpenAI's clients use)."""
-    import json
-
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
+
+
+def realtime_error(message: str, code: str) -> str:
+    """An error event of a realtime session, as vLLM's realtime endpoint sends one (its ``ErrorEvent``)."""
+    return json.dumps({"type": "error", "error": message, "code": code})

@@ -3,8 +3,10 @@
 The handshake request goes out on a connection of its own; the answer's head is parsed by httptools. A
 ``101 Switching Protocols`` turns the connection into one end of a byte tunnel (:meth:`Upgrade.join`):
 what the origin sends goes to the client unread, frames, masks, compression and all, so the proxy need
-not speak WebSocket at all (a ``tap`` may see those bytes on their way, to meter them). Any other
-answer is read whole (it is the handshake's refusal: small) and the connection closes.
+not speak WebSocket at all (a ``tap`` may see those bytes on their way, to meter them). A proxy that
+must end a session itself (:meth:`Upgrade.end`) follows where the origin's messages end (websocket.py), so
+that its own last frames go in between two of them. Any other answer is read whole (it is the handshake's
+refusal: small) and the connection closes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import cast
 import httptools
 
 from vllm_fleet.wire.http1 import Client, ConnectionClosed, MalformedResponse
+from vllm_fleet.wire.websocket import Messages
 
 MAX_REFUSAL_BYTES = 1 << 20  # a refusal's body beyond this is cut
 
@@ -37,6 +40,8 @@ class Upgrade(asyncio.Protocol):
         self.closed: asyncio.Future[None]  # done when the connection is gone
         self._client: asyncio.Transport | None = None  # after join: where the origin's bytes go
         self._tap: Callable[[bytes], object] | None = None  # after join: what sees them on their way
+        self._messages: Messages | None = None  # after join: where the origin's messages end, when followed
+        self._last: bytes | None = None  # after end: what the client gets in place of the origin's next message
         self._early = b""  # bytes after the 101's head, held until join
 
     async def answered(self) -> Upgrade:
@@ -45,16 +50,32 @@ class Upgrade(asyncio.Protocol):
         await asyncio.shield(self._answered)
         return self
 
-    def join(self, client: asyncio.Transport, tap: Callable[[bytes], object] | None = None) -> None:
+    def join(
+        self, client: asyncio.Transport, tap: Callable[[bytes], object] | None = None, messages: Messages | None = None
+    ) -> None:
         """After a 101: the origin's bytes go to ``client`` from now on (the other way is the client side's),
-        each read shown to ``tap`` first."""
-        self._client, self._tap = client, tap
+        each read shown to ``tap`` first; ``messages`` follows their frames, so that :meth:`end` may be called."""
+        self._client, self._tap, self._messages = client, tap, messages
         early, self._early = self._early, b""
         if early:
             self.data_received(early)
         self.transport.resume_reading()
 
+    def end(self, last: bytes) -> None:
+        """End the session from here: the client gets ``last`` in place of what the origin sends after the message
+        it is sending now (at once, if between two), and the origin's side closes (so it stops the session's
+        work, as when its client leaves). Needs the ``messages`` given to :meth:`join`."""
+        if self._last is not None or self.transport.is_closing():
+            return
+        self._last = last
+        if cast(Messages, self._messages).between:
+            self._finish()
+
     def close(self) -> None:
+        self.transport.close()
+
+    def _finish(self) -> None:
+        cast(asyncio.Transport, self._client).write(cast(bytes, self._last))
         self.transport.close()
 
     # asyncio.Protocol
@@ -66,9 +87,16 @@ class Upgrade(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._client is not None:
+            ending = False
+            if self._messages is not None:
+                read = self._messages.read(data, to_end=self._last is not None)
+                if ending := self._last is not None and self._messages.between:
+                    data = data[:read]  # the rest is never sent on
             if self._tap is not None:
                 self._tap(data)
             self._client.write(data)
+            if ending:
+                self._finish()
             return
         if self._answered.done():  # switched, not yet joined (or a refusal's excess)
             if self.status == 101:  # held until join; no more is read till then, so this stays one read

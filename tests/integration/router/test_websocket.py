@@ -188,6 +188,43 @@ def test_a_sessions_turns_are_charged_to_its_key_as_their_usage_passes(tmp_path:
         asyncio.run(body())
 
 
+def test_a_turn_that_leaves_its_key_past_its_tokens_per_min_ends_the_session_after_it(tmp_path: Path) -> None:
+    """Two turns of 400 fit a key's 1,000 tokens/min; the third comes back whole, and then the router ends the
+    session: vLLM's error event and a Close 1008, both naming the key and when to retry. The backend's side
+    closes too (vLLM aborts the session's request when its socket goes), and the key's next request waits."""
+    registry = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    secret = make_key(registry, "speech", tokens_per_min=1000)
+    with running("--models", "m", "--turns", server=ORIGIN) as origin:
+
+        async def body() -> None:
+            async with routing(origin.url, registry=registry) as router, client() as http:
+                headers = {"Authorization": f"Bearer {secret}"}
+                ws = await http.ws_connect(f"{router.url}/v1/realtime?model=m", headers=headers)
+                assert (await ws.receive_json())["type"] == "session.created"
+                for _ in range(3):
+                    await ws.send_str("transcribe 300 100")
+                    assert (await ws.receive_json())["type"] == "transcription.delta"
+                    assert (await ws.receive_json())["usage"]["total_tokens"] == 400
+                error = await asyncio.wait_for(ws.receive_json(), 10)
+                assert error["type"] == "error" and error["code"] == "rate_limit_exceeded", error
+                assert "'speech' is over its limit; retry in" in error["error"], error
+                closing = await asyncio.wait_for(ws.receive(), 10)
+                assert closing.type == aiohttp.WSMsgType.CLOSE, closing
+                assert closing.data == 1008 and closing.extra == error["error"], closing
+                await ws.close()
+                await until(lambda: router.in_flight() == 0, what="the router to let the session go")
+                for _ in range(100):
+                    if (await stats(http, origin.url))["open"] == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert (await stats(http, origin.url))["open"] == 0  # the backend's side is gone too
+                request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+                status, answer, _ = await post(http, f"{router.url}/v1/chat/completions", request, headers=headers)
+                assert status == 429 and "speech" in error_of(answer)["message"], (status, answer)
+
+        asyncio.run(body())
+
+
 def _offer(protocols: tuple[str, ...]) -> dict[str, str]:
     return {"Sec-WebSocket-Protocol": ", ".join(protocols)} if protocols else {}
 
