@@ -8,11 +8,11 @@ streamed (chat) completion, which is continued on another backend (resume.py).
 
 A WebSocket (vLLM's /v1/realtime) is routed and retried the same way up to its handshake's answer; after a
 101 it is a byte tunnel between client and backend (wire/upgrade.py) until either side closes, counted
-in the backend's in-flight requests meanwhile (so a drain waits for it). A metered session's (an API key
-with a tokens/min limit) backend-to-client bytes are read on their way for the usage of each turn; a turn
-that leaves the key past its limit ends the session after that turn's last message: the client gets an
-error event (vLLM's realtime ``error``) and a Close frame (1008) saying why, and the backend's side
-closes, so the backend stops the session's work.
+in the backend's in-flight requests meanwhile (so a drain waits for it). A session of an API key is metered:
+the backend's messages are read on their way (inflated, when compressed) for the usage of each turn, and
+a turn that leaves the key past its tokens/min ends the session after that turn's last message: the client
+gets an error event (vLLM's realtime ``error``) and a Close frame (1008) saying why, and the backend's
+side closes, so the backend stops the session's work.
 
 Upstream requests go over the project's own HTTP/1.1 client (wire/http1.py: one write per
 request, httptools parsing), not aiohttp's: aiohttp's client was a third of the router's CPU
@@ -52,6 +52,7 @@ _HOP_OR_XFF = _HOP | {FORWARDED_FOR}
 RETRIED_STATUS = frozenset((429, 502, 503, 504))
 BACKEND_HEADER = "x-vllm-fleet-backend"
 SESSION_HEADER = "x-session-id"
+EXTENSIONS = "sec-websocket-extensions"
 LOAD_FORMAT_HEADER = "endpoint-load-metrics-format"  # vLLM answers it with endpoint-load-metrics (non-streamed)
 LOAD_HEADER = "endpoint-load-metrics"
 # What a failed upstream exchange raises: refused/reset (OSError, http1.ConnectionClosed), not HTTP
@@ -146,15 +147,15 @@ class Proxy:
     ) -> Reply | None:  # fmt: skip
         """Pass a WebSocket handshake to a backend; once it is accepted, bytes both ways until one side closes.
         ``used``: charges the tokens of each usage the backend's messages carry, as they pass (its handshake
-        then offers no compression, so that they can be read), and answers why the session must end, if it
-        must."""
+        then offers no extension but permessage-deflate, which the router inflates to read them), and answers
+        why the session must end, if it must."""
         candidates = self.pool.available(facts.model)
         if not candidates:
             return self._none_available(request, facts, started)
         kind = request.headers["upgrade"]
         headers = [*upstream_headers(request), ("Connection", "Upgrade"), ("Upgrade", kind)]
         if used is not None:
-            headers = [(k, v) for k, v in headers if k.lower() != "sec-websocket-extensions"]
+            headers = _readable_extensions(headers)
         session = request.headers.get(SESSION_HEADER)
         tried: list[Backend] = []
         while True:
@@ -181,7 +182,9 @@ class Proxy:
                 if used is None:
                     upstream.join(client)
                 else:
-                    upstream.join(client, metering(used, partial(_end, upstream, ended)), websocket.Messages())
+                    sink = metering(used, partial(_end, upstream, ended))
+                    inflater = websocket.inflater(upstream.headers.get(EXTENSIONS, ""))
+                    upstream.join(client, websocket.Messages(sink, inflater))
                 await upstream.closed  # or the client leaves: this handler is cancelled
             finally:
                 backend.in_flight -= 1
@@ -418,6 +421,17 @@ class Proxy:
         names = ", ".join(b.url for b in tried)
         wait = str(self.pool.retry_after_s())
         return json_error(f"no backend answered ({names}): {why}", 502, "BadGateway", **{"Retry-After": wait})
+
+
+def _readable_extensions(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A handshake's headers offering no extension the router could not read a metered session through (it
+    inflates permessage-deflate)."""
+    kept = []
+    for name, value in headers:
+        if name.lower() == EXTENSIONS and not (value := websocket.deflate_only(value)):
+            continue
+        kept.append((name, value))
+    return kept
 
 
 def _end(session: upgrade.Upgrade, ended: list[str], why: str) -> None:

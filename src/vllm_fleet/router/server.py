@@ -159,8 +159,7 @@ class Router:
             if charge is None or registry is None:
                 return await self.proxy.tunnel(request, facts, choose, started)
             registry.settle(charge, None)  # admitted; each turn's tokens are charged as its usage passes
-            used = partial(registry.spend, charge.limits) if charge.limits.tokens_per_min is not None else None
-            return await self.proxy.tunnel(request, facts, choose, started, used)
+            return await self.proxy.tunnel(request, facts, choose, started, partial(registry.spend, charge.limits))
         if charge is None or registry is None:
             return await self.proxy.forward(request, facts, choose, started)
         meter = Meter()

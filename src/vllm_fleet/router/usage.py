@@ -64,8 +64,9 @@ class Tally:
 
 
 def metering(used: Callable[[int], Awaitable[str | None]], end: Callable[[str], object]) -> Callable[[bytes], None]:
-    """A tap for a session's bytes (a WebSocket tunnel's): each usage, as it passes, is charged by ``used``;
-    when a charge answers why the session must end, ``end`` is called with that."""
+    """A sink for what a session's messages say (a WebSocket's, inflated: wire/websocket.Messages): each usage,
+    as it passes, is charged by ``used``; when a charge answers why the session must end, ``end`` is called
+    with that."""
     tally, charging = Tally(), set()
 
     def charged(task: asyncio.Task[str | None]) -> None:
@@ -77,13 +78,13 @@ def metering(used: Callable[[int], Awaitable[str | None]], end: Callable[[str], 
         elif why := task.result():
             end(why)
 
-    def tap(data: bytes) -> None:
+    def sink(data: bytes) -> None:
         if tokens := tally.feed(data):
             task = asyncio.ensure_future(used(tokens))
             charging.add(task)  # held: the loop keeps only a weak reference
             task.add_done_callback(charged)
 
-    return tap
+    return sink
 
 
 class Meter:

@@ -3,8 +3,8 @@
 The handshake request goes out on a connection of its own; the answer's head is parsed by httptools. A
 ``101 Switching Protocols`` turns the connection into one end of a byte tunnel (:meth:`Upgrade.join`):
 what the origin sends goes to the client unread, frames, masks, compression and all, so the proxy need
-not speak WebSocket at all (a ``tap`` may see those bytes on their way, to meter them). A proxy that
-must end a session itself (:meth:`Upgrade.end`) follows where the origin's messages end (websocket.py), so
+not speak WebSocket at all. A proxy that meters a session, or must end one itself (:meth:`Upgrade.end`),
+follows the origin's messages as they pass (websocket.Messages): what they say, and where they end, so
 that its own last frames go in between two of them. Any other answer is read whole (it is the handshake's
 refusal: small) and the connection closes.
 """
@@ -12,7 +12,6 @@ refusal: small) and the connection closes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -39,8 +38,7 @@ class Upgrade(asyncio.Protocol):
         self._answered: asyncio.Future[None]
         self.closed: asyncio.Future[None]  # done when the connection is gone
         self._client: asyncio.Transport | None = None  # after join: where the origin's bytes go
-        self._tap: Callable[[bytes], object] | None = None  # after join: what sees them on their way
-        self._messages: Messages | None = None  # after join: where the origin's messages end, when followed
+        self._messages: Messages | None = None  # after join: the origin's messages, when followed
         self._last: bytes | None = None  # after end: what the client gets in place of the origin's next message
         self._early = b""  # bytes after the 101's head, held until join
 
@@ -50,12 +48,10 @@ class Upgrade(asyncio.Protocol):
         await asyncio.shield(self._answered)
         return self
 
-    def join(
-        self, client: asyncio.Transport, tap: Callable[[bytes], object] | None = None, messages: Messages | None = None
-    ) -> None:
+    def join(self, client: asyncio.Transport, messages: Messages | None = None) -> None:
         """After a 101: the origin's bytes go to ``client`` from now on (the other way is the client side's),
-        each read shown to ``tap`` first; ``messages`` follows their frames, so that :meth:`end` may be called."""
-        self._client, self._tap, self._messages = client, tap, messages
+        followed by ``messages`` on their way, if given (then :meth:`end` may be called)."""
+        self._client, self._messages = client, messages
         early, self._early = self._early, b""
         if early:
             self.data_received(early)
@@ -92,8 +88,6 @@ class Upgrade(asyncio.Protocol):
                 read = self._messages.read(data, to_end=self._last is not None)
                 if ending := self._last is not None and self._messages.between:
                     data = data[:read]  # the rest is never sent on
-            if self._tap is not None:
-                self._tap(data)
             self._client.write(data)
             if ending:
                 self._finish()

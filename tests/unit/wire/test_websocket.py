@@ -3,7 +3,10 @@ the `websockets` package's own framing (RFC 6455): the frames are made by it, ou
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import Protocol, Side
 
@@ -86,3 +89,88 @@ def test_a_long_reason_is_cut_to_what_a_close_frame_holds_at_a_characters_bounda
     (closing,) = _parsed(websocket.close(1008, "é" * 100))  # 200 bytes of UTF-8
     reason = Close.parse(closing.data).reason  # a reason that is not UTF-8 would fail here (RFC 6455 §8.1)
     assert reason == "é" * 61 and len(closing.data) <= 125
+
+
+def _deflated(messages: list[Frame], *, no_context_takeover: bool) -> bytes:
+    """``messages`` as a server compressing them sends them (the websockets package's permessage-deflate)."""
+    deflate = PerMessageDeflate(False, no_context_takeover, 15, 15)
+    return b"".join(frame.serialize(mask=False, extensions=[deflate]) for frame in messages)
+
+
+TURNS = [
+    Frame(Opcode.TEXT, b'{"type":"transcription.delta","delta":"said \\"usage\\""}'),
+    Frame(Opcode.TEXT, b'{"type":"transcription.done","text":"', fin=False),
+    Frame(Opcode.PING, b"within"),  # not a message's text
+    Frame(Opcode.CONT, b'a turn","usage":{"total_tokens":400}}'),
+    Frame(Opcode.BINARY, bytes(range(256)) * 40),
+]
+SAID = b"".join(f.data for f in TURNS if f.opcode != Opcode.PING)
+
+
+@pytest.mark.parametrize("no_context_takeover", [False, True], ids=["one window", "a window per message"])
+def test_what_compressed_messages_say_is_inflated_into_the_sink_however_the_bytes_are_cut(
+    no_context_takeover: bool,
+) -> None:
+    data = _deflated(TURNS * 3, no_context_takeover=no_context_takeover)
+    agreed = "permessage-deflate" + ("; server_no_context_takeover" if no_context_takeover else "")
+    for cut in range(len(data) + 1):
+        said: list[bytes] = []
+        messages = Messages(said.append, websocket.inflater(agreed))
+        messages.read(data[:cut])
+        messages.read(data[cut:])
+        assert b"".join(said) == SAID * 3, cut
+        assert messages.between
+
+
+def test_what_plain_messages_say_goes_to_the_sink_as_it_is() -> None:
+    data = b"".join(frame.serialize(mask=False) for frame in TURNS)
+    said: list[bytes] = []
+    messages = Messages(said.append, websocket.inflater(""))  # nothing agreed: nothing is compressed
+    for i in range(len(data)):
+        messages.read(data[i : i + 1])
+    assert b"".join(said) == SAID
+
+
+def test_a_small_message_that_inflates_to_megabytes_reaches_the_sink_in_bounded_pieces() -> None:
+    data = _deflated([Frame(Opcode.TEXT, b" " * (8 << 20))], no_context_takeover=False)
+    assert len(data) < 16 << 10
+    sizes: list[int] = []
+    Messages(lambda piece: sizes.append(len(piece)), websocket.inflater("permessage-deflate")).read(data)
+    assert sum(sizes) == 8 << 20 and max(sizes) <= websocket.INFLATE_PIECE
+
+
+def test_bytes_that_do_not_inflate_stop_the_reading_not_the_tunnel() -> None:
+    said: list[bytes] = []
+    messages = Messages(said.append, websocket.inflater("permessage-deflate"))
+    garbage = websocket.frame(0x41, b"\xff" * 64)  # RSV1 set: compressed, or so it says
+    plain = Frame(Opcode.TEXT, b"after").serialize(mask=False)
+    assert messages.read(garbage + plain) == len(garbage + plain)  # followed to the end all the same
+    assert said == [] and messages.between
+
+
+@pytest.mark.parametrize(
+    ("offer", "kept"),
+    [
+        ("permessage-deflate; client_max_window_bits", "permessage-deflate; client_max_window_bits"),
+        ("x-webkit-deflate-frame, permessage-deflate", "permessage-deflate"),
+        ("Permessage-Deflate; Server_No_Context_Takeover", "Permessage-Deflate; Server_No_Context_Takeover"),
+        ("x-unknown", ""),
+        ("", ""),
+    ],
+)
+def test_only_permessage_deflate_is_offered_for_a_metered_session_and_its_answer_gives_the_inflater(
+    offer: str, kept: str
+) -> None:
+    assert websocket.deflate_only(offer) == kept
+    assert (websocket.inflater(kept) is None) == (kept == "")
+
+
+def test_a_message_that_ends_its_deflate_stream_has_the_next_one_inflated_afresh() -> None:
+    """RFC 7692 §7.2.3.4: a sender may end a message with a final block instead of an empty one."""
+    data = b""
+    for text in (b'{"usage":{"total_tokens":1}}', b"second", b"third"):
+        squeeze = zlib.compressobj(wbits=-15)
+        data += websocket.frame(0x41, squeeze.compress(text) + squeeze.flush(zlib.Z_FINISH))  # RSV1: compressed
+    said: list[bytes] = []
+    Messages(said.append, websocket.inflater("permessage-deflate")).read(data)
+    assert b"".join(said) == b'{"usage":{"total_tokens":1}}secondthird'
