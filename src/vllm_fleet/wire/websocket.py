@@ -24,8 +24,8 @@ INFLATE_PIECE = 64 * 1024  # a compressed piece is inflated into the sink this m
 
 class Messages:
     """Where the messages end in the frames one side of a WebSocket sends, read as they pass; with a ``sink``,
-    what its data messages say goes there as it passes (inflated, with the ``inflater`` of a compressed
-    session), in pieces that may cut a message anywhere."""
+    what a server's data messages say goes there as it passes (inflated, with the ``inflater`` of a
+    compressed session), in pieces that may cut a message anywhere (a client's are masked: not read)."""
 
     __slots__ = ("_compressed", "_data", "_ends", "_fragmented", "_head", "_inflater", "_left", "_sink", "between")
 

@@ -3,6 +3,7 @@ the `websockets` package's own framing (RFC 6455): the frames are made by it, ou
 
 from __future__ import annotations
 
+import random
 import zlib
 
 import pytest
@@ -174,3 +175,43 @@ def test_a_message_that_ends_its_deflate_stream_has_the_next_one_inflated_afresh
     said: list[bytes] = []
     Messages(said.append, websocket.inflater("permessage-deflate")).read(data)
     assert b"".join(said) == b'{"usage":{"total_tokens":1}}secondthird'
+
+
+def _random_session(rng: random.Random) -> tuple[list[Frame], list[bool]]:
+    """A valid sequence of frames: messages whole or fragmented, with control frames anywhere allowed; and for
+    each frame whether it leaves the side between two messages."""
+    frames, between = [], []
+    sizes = (0, 1, 125, 126, 127, 65_535, 65_536, rng.randrange(300))
+    for _ in range(rng.randint(1, 8)):
+        parts = rng.randint(1, 3)
+        for part in range(parts):
+            if rng.random() < 0.3:
+                frames.append(Frame(rng.choice((Opcode.PING, Opcode.PONG)), rng.randbytes(rng.randrange(126))))
+                between.append(part == 0)
+            opcode = rng.choice((Opcode.TEXT, Opcode.BINARY)) if part == 0 else Opcode.CONT
+            frames.append(Frame(opcode, rng.randbytes(rng.choice(sizes)), fin=part == parts - 1))
+            between.append(part == parts - 1)
+    return frames, between
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_sessions_cut_at_random_are_followed_as_the_websockets_package_frames_them(seed: int) -> None:
+    rng = random.Random(seed)
+    frames, between = _random_session(rng)
+    mask, compressed = rng.random() < 0.3, rng.random() < 0.5
+    deflate = [PerMessageDeflate(False, rng.random() < 0.5, 15, 15)] if compressed else None
+    data, ends = b"", []
+    for frame, ends_here in zip(frames, between, strict=True):
+        data += frame.serialize(mask=mask, extensions=deflate)
+        if ends_here:
+            ends.append(len(data))
+    cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randint(0, 12)))
+    reads = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    assert _ends(reads) == ends
+    if mask:  # a client's: what it says is not read (a server masks nothing, RFC 6455 §5.1)
+        return
+    said: list[bytes] = []
+    messages = Messages(said.append, websocket.inflater("permessage-deflate" if compressed else ""))
+    for piece in reads:
+        messages.read(piece)
+    assert b"".join(said) == b"".join(f.data for f in frames if f.opcode not in (Opcode.PING, Opcode.PONG))
