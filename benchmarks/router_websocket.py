@@ -7,6 +7,8 @@ docs say) and vllm-router (tried: a refused handshake is reported, not measured)
 - round trip: one WebSocket, a 64 B binary message sent and its echo awaited, closed loop,
   ``--ws-messages`` per round; p50/p99 per round and added = through - direct (medians over rounds,
   rounds interleaving the targets as the other sections do);
+- the same through ours with an API key: its sessions are metered (each message the origin sends followed
+  and searched for a usage: what that costs);
 - throughput: 16 WebSockets at once, each echoing 16 KiB messages closed loop, 16,000 echoes a round
   (long enough for a CPU figure: /proc counts it in 10 ms ticks); MiB/s wall (both ways) and
   messages forwarded (both ways) per proxy CPU-second.
@@ -36,9 +38,10 @@ class Refused(Exception):
     """The proxy did not upgrade: its answer to the handshake."""
 
 
-async def _connect(http: aiohttp.ClientSession, url: str) -> aiohttp.ClientWebSocketResponse:
+async def _connect(http: aiohttp.ClientSession, url: str, api_key: str | None) -> aiohttp.ClientWebSocketResponse:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     try:
-        ws = await http.ws_connect(f"{url}{PATH}", max_msg_size=0)
+        ws = await http.ws_connect(f"{url}{PATH}", max_msg_size=0, headers=headers)
     except aiohttp.WSServerHandshakeError as exc:
         raise Refused(f"HTTP {exc.status} to the handshake") from exc
     await ws.receive_json()  # the origin's session.created
@@ -51,10 +54,10 @@ async def _echo(ws: aiohttp.ClientWebSocketResponse, data: bytes) -> None:
         raise AssertionError("the echo differs from what was sent")
 
 
-async def _round_trips(url: str, count: int) -> list[float]:
+async def _round_trips(url: str, count: int, api_key: str | None) -> list[float]:
     data = os.urandom(64)
     async with aiohttp.ClientSession() as http:
-        ws = await _connect(http, url)
+        ws = await _connect(http, url, api_key)
         for _ in range(WARMUP):
             await _echo(ws, data)
         samples = []
@@ -66,11 +69,11 @@ async def _round_trips(url: str, count: int) -> list[float]:
     return sorted(samples)
 
 
-async def _throughput(url: str, per_socket: int) -> float:
+async def _throughput(url: str, per_socket: int, api_key: str | None) -> float:
     """Seconds for SOCKETS WebSockets to echo ``per_socket`` messages of BIG bytes each, all at once."""
     data = os.urandom(BIG)
     async with aiohttp.ClientSession() as http:
-        sockets = await asyncio.gather(*(_connect(http, url) for _ in range(SOCKETS)))
+        sockets = await asyncio.gather(*(_connect(http, url, api_key) for _ in range(SOCKETS)))
         await asyncio.gather(*(_echo(ws, data) for ws in sockets))
         start = time.perf_counter()
 
@@ -98,9 +101,9 @@ def run(targets: list[Any], rounds: int, messages: int, quiet: Callable[[], obje
                 continue
             quiet()
             try:
-                samples = asyncio.run(_round_trips(target.url, messages))
+                samples = asyncio.run(_round_trips(target.url, messages, target.api_key))
                 before = target.cpu()
-                took = asyncio.run(_throughput(target.url, per_socket))
+                took = asyncio.run(_throughput(target.url, per_socket, target.api_key))
                 used = target.cpu() - before
             except (Refused, aiohttp.ClientError, AssertionError) as exc:
                 refused[target.key] = str(exc) or type(exc).__name__
