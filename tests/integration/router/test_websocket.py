@@ -189,8 +189,9 @@ def test_a_sessions_turns_are_charged_to_its_key_as_their_usage_passes(tmp_path:
 
 def test_a_turn_that_leaves_its_key_past_its_tokens_per_min_ends_the_session_after_it(tmp_path: Path) -> None:
     """Two turns of 400 fit a key's 1,000 tokens/min; the third comes back whole, and then the router ends the
-    session: vLLM's error event and a Close 1008, both naming the key and when to retry. The backend's side
-    closes too (vLLM aborts the session's request when its socket goes), and the key's next request waits."""
+    session: vLLM's error event and a Close 1008, both naming the key and when to retry (in a compressed
+    session: the router's own frames go uncompressed). The backend's side closes too (vLLM aborts the
+    session's request when its socket goes), and the key's next request waits."""
     registry = f"sqlite:///{tmp_path / 'registry.sqlite'}"
     secret = make_key(registry, "speech", tokens_per_min=1000)
     with running("--models", "m", "--turns", server=ORIGIN) as origin:
@@ -198,7 +199,8 @@ def test_a_turn_that_leaves_its_key_past_its_tokens_per_min_ends_the_session_aft
         async def body() -> None:
             async with routing(origin.url, registry=registry) as router, client() as http:
                 headers = {"Authorization": f"Bearer {secret}"}
-                ws = await http.ws_connect(f"{router.url}/v1/realtime?model=m", headers=headers)
+                ws = await http.ws_connect(f"{router.url}/v1/realtime?model=m", headers=headers, compress=15)
+                assert "permessage-deflate" in ws._response.headers["Sec-WebSocket-Extensions"]
                 assert (await ws.receive_json())["type"] == "session.created"
                 for _ in range(3):
                     await ws.send_str("transcribe 300 100")
