@@ -183,10 +183,10 @@ class _Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
-        if self.response is None:  # bytes nobody asked for: this connection cannot be trusted again
+        response = self.response
+        if response is None or response.complete:  # bytes nobody asked for: the connection cannot be trusted again
             self.transport.close()
             return
-        response = self.response
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -223,6 +223,11 @@ class _Connection(asyncio.Protocol):
         response._fail(exc or ConnectionClosed(f"the server closed the connection {what}"))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._parsing.complete:  # a second answer to one request, in the same read: nobody's, and the
+            self._parsing = Response(self, 0.0)  # connection is spoiled (what follows is parsed into nowhere)
+            self.transport.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         key, text = name.decode("latin-1"), value.decode("latin-1")
         self._parsing.raw_headers.append((key, text))

@@ -330,3 +330,44 @@ def test_interim_1xx_answers_are_skipped_for_the_final_one():
         client.close()
 
     assert _run({"/interim": _interim_then_answer}, test).connections == 1
+
+
+_SECOND = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nsmuggled!"
+
+
+async def _two_answers(head: bytes, writer: asyncio.StreamWriter) -> bool:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello" + _SECOND)  # one read: two answers
+    return True
+
+
+async def _answer_and_a_half(head: bytes, writer: asyncio.StreamWriter) -> bool:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello" + _SECOND[:20])  # the start of a second
+    return True
+
+
+async def _answer_then_more(head: bytes, writer: asyncio.StreamWriter) -> bool:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(_SECOND)  # while the answer is held, before it is released
+    return True
+
+
+@pytest.mark.parametrize("path", ["/two", "/half", "/more"])
+def test_an_answer_followed_by_bytes_nobody_asked_for_arrives_alone_and_its_connection_is_not_reused(path: str):
+    """A server that sends more than its answer (a second one, or the start of one) must not have it read as
+    part of that answer, nor as the next request's: the answer arrives whole and alone, and the connection,
+    spoiled, is closed, so the next request gets its own answer on a new one."""
+
+    async def test(url: str, server: Scripted) -> None:
+        client = http1.Client(url)
+        for _ in range(2):
+            response = await client.request("POST", path, b"{}")
+            assert (response.status, await response.read()) == (200, b"hello")
+            assert response.raw_headers == [("content-length", "5")]
+            await asyncio.sleep(0.1)  # the rest arrives while the answer is held
+            response.release()
+        client.close()
+
+    handlers = {"/two": _two_answers, "/half": _answer_and_a_half, "/more": _answer_then_more}
+    assert _run(handlers, test).connections == 2
