@@ -254,7 +254,8 @@ class Proxy:
                 self.metrics.answered(facts.model or "", backend.url, 200)
                 return None
             log_access(request, upstream.status, facts.model, backend.url, attempts, started, "aborted mid-answer")
-            raise
+            request.abort()  # an upstream's failure, logged above: not an error of the router's
+            return None
         finally:
             upstream.release()  # complete: the connection goes back to the pool; else it closes
         if upstream.status < 500:

@@ -151,6 +151,13 @@ class Request:
             if self._chunked:
                 self._connection.write(b"0\r\n\r\n")
 
+    def abort(self) -> None:
+        """The streamed answer cannot be completed (its source failed): the connection closes after what was
+        written, so the client sees it cut short, never whole."""
+        self.finished = True
+        self._connection.keep_alive = False
+        self._connection.transport.close()
+
     def switch(self, headers: Headers, to: asyncio.Transport) -> asyncio.Transport:
         """Accept the upgrade (a 101 with ``headers``) and from now on pass the client's bytes to ``to`` unread,
         reading no more of them while ``to`` cannot take them; returns the client's transport, for the other
@@ -456,8 +463,7 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("error answering %s %s", request.method, request.path)
             if request.started:  # part of the answer went out: the client must see it cut, not whole
-                self.keep_alive = False
-                self.transport.close()
+                request.abort()
                 raise asyncio.CancelledError from None
             answer = Reply(500, [("Content-Type", "text/plain")], b"internal error")
         if answer is not None:

@@ -5,6 +5,7 @@ backends, so a request sent twice cannot pass unseen."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -102,7 +103,8 @@ def test_a_429_with_retry_after_goes_to_another_and_keeps_that_backend_out_that_
         asyncio.run(body())
 
 
-def test_never_a_retry_once_bytes_reached_the_client() -> None:
+def test_never_a_retry_once_bytes_reached_the_client(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="vllm_fleet")
     with FaultServer() as first, FaultServer() as second:
         first.script(PATH, Reset(partial=b'{"id":"f","choices":[{"mess'))
 
@@ -117,6 +119,9 @@ def test_never_a_retry_once_bytes_reached_the_client() -> None:
                 assert (await send(http, router.url))[0] == 200  # and the router goes on
 
         asyncio.run(body())
+        # the backend's failure is in the access log, and is no error of the router's
+        assert any("aborted mid-answer" in r.getMessage() for r in caplog.records)
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(first.requests(PATH)) == 1
         assert len(second.requests(PATH)) == 1  # only the later request: the broken one was not sent again
 
