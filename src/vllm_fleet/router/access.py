@@ -170,6 +170,8 @@ class RegistryLink:
         """``tokens`` used by an admitted session beyond its charge (a WebSocket's turn), charged as they pass:
         when they leave the key past its tokens/min, why the session must end; else None."""
         self.metrics.key_used(limits.name, tokens, requests=0)
+        if limits.tokens_per_min is None:  # counted only: nothing to charge it to
+            return None
         self._owe(limits, tokens)
         async with self._leasing.setdefault(limits.name, asyncio.Lock()):
             wallet = self._wallets.get(limits.name)
